@@ -31,13 +31,16 @@ class Config:
     backbone: str = "auto"  # preset name; "auto": wrn50 when the Hub answers, else lite0
     size: int = 256  # pixel budget: images keep their aspect ratio at about size x size pixels
     method: str = "sgfr"  # primary scorer: "sgfr" (reconstruction) or "knn" (nearest neighbour)
-    k: int = 16  # support: each feature is coded over its K nearest atoms
+    k: int = 32  # support: each feature is coded over its K nearest atoms
+    support: str = "l2"  # nearness for the support: "l2", or "cosine" (scaled copies are near)
     lam: float = 0.1  # regularisation, relative to the atoms' mean squared norm
     alpha: float = 0.5  # L1 share of the elastic net: 0 ridge, 1 lasso
     affine: bool = True  # codes sum to one: affine subspaces, reconstruction at the data's scale
     nonneg: bool = False  # codes >= 0
     normalize: bool = False  # L2-normalise patch features first
     standardize: bool = False  # divide residuals per dimension by their spread on normal patches
+    score: str = "residual"  # patch score: "residual" ||r||, "cost" sqrt(2 * objective), or
+    # "relative": ||r|| over the leave-one-out residual of the atoms that rebuilt it
     sampling: str = "usage"  # bank reduction: usage (ours), random or coreset
     ratio: float = 1.0  # share of the bank kept by sampling
     sigma: float = 4.0  # map blur in pixels at 256 px
@@ -46,8 +49,16 @@ class Config:
     seed: int = 0  # for random / coreset sampling
 
     def __post_init__(self) -> None:
-        if self.method not in ("sgfr", "knn"):
-            raise ValueError(f"method must be 'sgfr' or 'knn', got {self.method!r}")
+        choices = dict(
+            method=("sgfr", "knn"),
+            support=("l2", "cosine"),
+            sampling=("usage", "random", "coreset"),
+            image_score=("max", "top1"),
+            score=("residual", "cost", "relative"),
+        )
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.k < 1 or self.size < 32:
             raise ValueError(f"need k >= 1 and size >= 32, got k={self.k}, size={self.size}")
         if not 0 < self.ratio <= 1:
@@ -118,6 +129,7 @@ class Detector:
         self.ref_sizes: list[tuple[int, int]] = []  # (W, H) of each reference
         self.calibration: dict[str, scoring.Calibration] = {}
         self.dim_scale: torch.Tensor | None = None  # (d,) normal residual spread (standardize)
+        self.atom_err: torch.Tensor | None = None  # (N',) leave-one-out residual of each atom
         self.fit_seconds = 0.0
 
     # ---------------------------------------------------------------- features
@@ -135,13 +147,20 @@ class Detector:
     def _code(self, rows: torch.Tensor, exclude=None) -> reconstruct.Code:
         c = self.config
         return reconstruct.code(
-            rows, self.bank, c.k, c.lam, c.alpha, c.affine, c.nonneg, exclude=exclude
+            rows, self.bank, c.k, c.lam, c.alpha, c.affine, c.nonneg, exclude, c.support
         )
 
     def _patch_scores(self, coded: reconstruct.Code) -> dict[str, torch.Tensor]:
         """Both scorers' (M,) patch scores: residual norm (SGFR), nearest distance (k-NN)."""
         r = coded.residual if self.dim_scale is None else coded.residual / self.dim_scale
-        return {"sgfr": r.norm(dim=1), "knn": coded.nn_dist}
+        sgfr = r.norm(dim=1)
+        if self.config.score == "cost":  # extrapolating (large / negative codes) costs extra
+            sgfr = (sgfr.pow(2) + 2 * coded.penalty).sqrt()
+        elif self.config.score == "relative":  # in units of what normal data leaves unexplained
+            w = coded.coef.abs()  # (M, K)
+            typical = (w * self.atom_err[coded.index]).sum(1) / w.sum(1).clamp_min(1e-12)
+            sgfr = sgfr / typical.clamp_min(0.25 * float(self.atom_err.median()))
+        return {"sgfr": sgfr, "knn": coded.nn_dist}
 
     def _map(self, patch: torch.Tensor) -> torch.Tensor:
         """(h, w) patch scores -> (h*r, w*r) map at the working resolution (r: finest stride)."""
@@ -182,16 +201,18 @@ class Detector:
             usage = None
             if c.sampling == "usage":
                 say(0.35, "learning subspaces (self-expression)")
-                coded = reconstruct.self_expression(rows, c.k, c.lam, c.alpha, c.affine, c.nonneg)
+                coded = reconstruct.self_expression(
+                    rows, c.k, c.lam, c.alpha, c.affine, c.nonneg, c.support
+                )
                 usage = reconstruct.usage(coded, self.n_full)
             say(0.55, f"sampling the bank ({c.sampling}, {c.ratio:.0%})")
             keep = make_sampler(c.sampling, c.ratio, c.seed).run(rows, usage)
         self.bank, self.positions = rows[keep].contiguous(), pos[keep].contiguous()
         say(0.7, "calibrating (leave-one-out)")
-        self._calibrate(rows, pos, len(maps))
+        self._calibrate(rows, pos, len(maps), keep)
         log.info("fit %d refs, bank %d/%d rows", len(maps), len(keep), self.n_full)
 
-    def _calibrate(self, rows: torch.Tensor, pos: torch.Tensor, k: int) -> None:
+    def _calibrate(self, rows: torch.Tensor, pos: torch.Tensor, k: int, keep) -> None:
         """Score every reference against the others; with one reference, against far patches."""
         bank_pos = self.positions.long()
         radius = 2  # grid cells: with a single image, hide a patch's own neighbourhood
@@ -207,6 +228,7 @@ class Detector:
             return same & near
 
         coded = self._code(rows, exclude)
+        self.atom_err = coded.residual.norm(dim=1)[keep].contiguous()
         if self.config.standardize:  # RMS per dimension; floor keeps dead dims from exploding
             rms = coded.residual.pow(2).mean(0).sqrt()
             self.dim_scale = rms.clamp_min(0.05 * float(rms.mean()) + 1e-12)
@@ -315,6 +337,7 @@ class Detector:
         )
         (path / "config.json").write_text(json.dumps(meta, indent=2))
         tensors = {"bank": self.bank, "positions": self.positions}
+        tensors["atom_err"] = self.atom_err
         if self.dim_scale is not None:
             tensors["dim_scale"] = self.dim_scale
         save_file(tensors, path / "bank.safetensors")
@@ -334,6 +357,7 @@ class Detector:
         tensors = load_file(path / "bank.safetensors")
         det.bank, det.positions = tensors["bank"], tensors["positions"]
         det.dim_scale = tensors.get("dim_scale")
+        det.atom_err = tensors["atom_err"]
         det.ref_grids = [tuple(g) for g in meta["ref_grids"]]
         det.n_full = meta["n_full"]
         det.ref_sizes = [tuple(s) for s in meta["ref_sizes"]]

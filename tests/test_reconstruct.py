@@ -78,13 +78,14 @@ def test_affine_codes_satisfy_kkt(problem, alpha):
 def test_knn_matches_brute_force_and_respects_exclusion():
     g = torch.Generator().manual_seed(1)
     q, bank = torch.randn(30, 5, generator=g), torch.randn(50, 5, generator=g)
-    d2, idx = knn(q, bank, 4, chunk=7)
+    d2, idx, nn = knn(q, bank, 4, chunk=7)
     ref = torch.cdist(q, bank).pow(2).topk(4, largest=False)
     torch.testing.assert_close(d2, ref.values, atol=1e-4, rtol=1e-4)
     assert torch.equal(idx, ref.indices)
+    torch.testing.assert_close(nn, d2[:, 0])
     banned = torch.zeros(30, 50, dtype=torch.bool)
     banned[:, idx[:, 0]] = True
-    _, idx2 = knn(q, bank, 4, exclude=lambda rows: banned[rows])
+    _, idx2, _ = knn(q, bank, 4, exclude=lambda rows: banned[rows])
     assert not banned.gather(1, idx2).any()
 
 

@@ -1,0 +1,137 @@
+"""The detector end to end with the real bundled weights on real and synthetic images."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from subspace.backbone import load_backbone
+from subspace.detector import Config, Detector
+from subspace.synthetic import make_set
+
+ROOT = Path(__file__).resolve().parents[1]
+BALLSCREW = ROOT / "examples" / "ballscrew"
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_backbone("lite0")
+
+
+def rgb(path) -> Image.Image:
+    return Image.open(path).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def ballscrew(lite0):
+    refs = [rgb(p) for p in sorted((BALLSCREW / "normal").glob("*.jpg"))]
+    return Detector(Config(backbone="lite0"), lite0).fit(refs)
+
+
+def test_pitting_is_localised_and_scored_above_the_normal_query(ballscrew):
+    normal_query = rgb(BALLSCREW / "query" / "01_200905161959_635000_270_crop_2.jpg")
+    normal_score = ballscrew.predict(normal_query).sgfr.score
+    masks = sorted((BALLSCREW / "ground_truth").glob("*_mask.png"))
+    assert len(masks) == 3
+    for mask_path in masks:
+        query = rgb(BALLSCREW / "query" / mask_path.name.replace("_mask.png", ".jpg"))
+        pred = ballscrew.predict(query)
+        mask = np.asarray(Image.open(mask_path)) > 127
+        heat = pred.sgfr.heatmap
+        assert heat.shape == mask.shape == (query.height, query.width)
+        assert heat[mask].mean() > heat[~mask].mean(), mask_path.name
+        assert pred.sgfr.score > normal_score, mask_path.name
+        assert pred.backbone == "lite0"
+
+
+def test_synthetic_scratch_scores_higher_inside_its_mask(lite0, tmp_path):
+    files = make_set(tmp_path, n_normal=4, n_query=2)
+    det = Detector(Config(backbone="lite0", ratio=0.25), lite0).fit(
+        [rgb(p) for p in files["normal"]]
+    )
+    bad, good = (det.predict(rgb(p)) for p in files["query"])
+    mask = np.asarray(Image.open(files["masks"][0])) > 0
+    for scored in (bad.sgfr, bad.knn):
+        assert scored.heatmap[mask].mean() > 1.5 * scored.heatmap[~mask].mean()
+    assert bad.sgfr.score > bad.sgfr.threshold > good.sgfr.score * 0.5
+    assert bad.sgfr.score > good.sgfr.score
+
+
+def test_constant_images_give_zero_scores(lite0):
+    grey = Image.new("RGB", (128, 128), (120, 120, 120))
+    det = Detector(Config(backbone="lite0"), lite0).fit([grey, grey.copy()])
+    pred = det.predict(grey.copy())
+    scale = float(det.bank.norm(dim=1).mean())
+    assert pred.knn.score < 1e-3 * scale  # every query feature is in the bank (float32)
+    # Padding makes each position's feature unique, with one exact copy per reference; the
+    # elastic net's ridge share spreads a little weight to near copies: a small bias (a few %
+    # of the feature norm), the same in calibration, so the constant query reads as normal.
+    assert pred.sgfr.score < 0.1 * scale
+    assert pred.sgfr.heatmap.max() <= pred.sgfr.threshold
+    other = det.predict(Image.new("RGB", (128, 128), (230, 230, 230)))
+    assert other.sgfr.score > 3 * pred.sgfr.threshold
+
+
+def test_save_load_round_trip_is_identical(ballscrew, lite0, tmp_path):
+    query = rgb(BALLSCREW / "query" / "01_200907090805_635000_270_crop_2.jpg")
+    before = ballscrew.predict(query)
+    ballscrew.save(tmp_path / "det")
+    assert sorted(p.name for p in (tmp_path / "det").iterdir()) == [
+        "bank.safetensors",
+        "config.json",
+    ]
+    after = Detector.load(tmp_path / "det", backbone=lite0).predict(query)
+    for name in ("sgfr", "knn"):
+        a, b = getattr(before, name), getattr(after, name)
+        np.testing.assert_array_equal(a.heatmap, b.heatmap)
+        assert (a.score, a.threshold, a.p_value) == (b.score, b.threshold, b.p_value)
+    np.testing.assert_array_equal(before.coef, after.coef)
+
+
+@pytest.mark.parametrize("ratio,sampling", [(0.1, "usage"), (0.1, "random"), (0.1, "coreset")])
+def test_sampling_reduces_the_bank(lite0, ratio, sampling):
+    refs = [rgb(p) for p in sorted((BALLSCREW / "normal").glob("*.jpg"))[:3]]
+    det = Detector(Config(backbone="lite0", ratio=ratio, sampling=sampling), lite0).fit(refs)
+    assert det.bank_size == round(det.n_full * ratio)
+    assert det.bank_bytes < 0.11 * det.n_full * (det.bank.shape[1] + 3) * 4
+
+
+def test_one_reference_and_mixed_sizes(lite0, tmp_path):
+    files = make_set(tmp_path, n_normal=2, n_query=2)
+    one = Detector(Config(backbone="lite0"), lite0).fit([rgb(files["normal"][0])])
+    cal = one.calibration["sgfr"]
+    assert 0 < cal.vmin < cal.threshold < cal.vmax
+    wide = rgb(files["normal"][1]).resize((300, 120))
+    det = Detector(Config(backbone="lite0"), lite0).fit([rgb(files["normal"][0]), wide])
+    assert det.ref_grids[0] != det.ref_grids[1]
+    pred = det.predict(rgb(files["query"][0]).resize((200, 90)))
+    assert pred.sgfr.heatmap.shape == (90, 200)
+
+
+def test_patch_explanations(ballscrew):
+    query = rgb(BALLSCREW / "query" / "01_200907090805_635000_270_crop_2.jpg")
+    pred = ballscrew.predict(query)
+    gy, gx = pred.top_patch()
+    assert pred.primary.patch_scores[gy, gx] == pred.primary.patch_scores.max()
+    assert pred.patch_at(query.width - 1, query.height - 1) == (pred.grid[0] - 1, pred.grid[1] - 1)
+    sources = ballscrew.sources(pred, gy, gx)
+    assert 1 <= len(sources) <= 8
+    assert abs(sum(s["coef"] for s in ballscrew.sources(pred, gy, gx, top=99)) - 1) < 1e-3
+    for s in sources:
+        x0, y0, x1, y1 = s["box"]
+        w, h = ballscrew.ref_sizes[s["image"]]
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    assert pred.residuals.shape == (pred.grid[0] * pred.grid[1], ballscrew.bank.shape[1])
+    assert sum(st.stop - st.start for st in ballscrew.stages) == ballscrew.bank.shape[1]
+
+
+def test_unfitted_and_invalid_configs_fail_clearly(lite0):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        Detector(Config(backbone="lite0"), lite0).predict(Image.new("RGB", (64, 64)))
+    with pytest.raises(ValueError, match="at least one"):
+        Detector(Config(backbone="lite0"), lite0).fit([])
+    with pytest.raises(ValueError, match="ratio"):
+        Config(ratio=0)
+    with pytest.raises(ValueError, match="method"):
+        Config(method="magic")
