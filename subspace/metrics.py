@@ -3,7 +3,8 @@
 All metrics are exact and rank based. Pixels (or images) with equal scores form one threshold
 step, so ties are scored like scikit-learn's ``roc_auc_score`` and ``average_precision_score``
 (a tie between a positive and a negative counts half for AUROC). Every metric sorts the
-scores once and works on cumulative sums, so ~20 million pixels take a few seconds.
+normal scores once (in place) and searches them at each distinct anomalous score, so ~20
+million pixels take a few seconds in about one extra copy of the maps' memory.
 
 ``maps`` / ``masks`` are either a list of (H_i, W_i) arrays (sizes may differ per image), one
 (N, H, W) array, or one (H, W) array for a single image. Masks may be bool, 0/1 or 0/255:
@@ -41,26 +42,57 @@ def _as_list(arrays: ArrayOrList, what: str) -> list[np.ndarray]:
     return out
 
 
-def _pixels(maps: ArrayOrList, masks: ArrayOrList) -> tuple[np.ndarray, np.ndarray]:
-    """Flatten and concatenate maps and masks.
+def _split(maps: ArrayOrList, masks: ArrayOrList) -> tuple[np.ndarray, np.ndarray]:
+    """Normal pixel scores, sorted, and anomalous pixel scores, in mask order.
+
+    Only the normal scores are copied and sorted (in place): no full-size argsort, so memory
+    stays near one copy of the maps even for tens of millions of pixels.
 
     Returns:
-        ``scores`` (P,) in the maps' dtype and ``labels`` (P,) bool, P = total pixel count.
+        ``neg`` (P_neg,) ascending and ``pos`` (P_pos,) in row-major mask order, image by image.
     """
     map_list, mask_list = _as_list(maps, "maps"), _as_list(masks, "masks")
     if len(map_list) != len(mask_list):
         raise ValueError(f"Got {len(map_list)} maps but {len(mask_list)} masks; pass one each.")
     if not map_list:
         raise ValueError("No maps given; pass at least one (H, W) anomaly map.")
+    negs, poss = [], []
     for i, (m, k) in enumerate(zip(map_list, mask_list, strict=True)):
         if m.shape != k.shape:
             raise ValueError(
                 f"maps[{i}] has shape {m.shape} but masks[{i}] has {k.shape}; resize the "
                 "mask (nearest) or the map to the same size."
             )
-    scores = np.concatenate([m.ravel() for m in map_list])
-    labels = np.concatenate([k.ravel() > 0 for k in mask_list])
-    return scores, labels
+        m, fg = _check_scores(m, "maps"), k > 0
+        negs.append(m[~fg])
+        poss.append(m[fg])
+    neg = np.concatenate(negs)
+    neg.sort()
+    return neg, np.concatenate(poss)
+
+
+def _steps(neg: np.ndarray, pos: np.ndarray, weights: np.ndarray | None = None):
+    """The curves at each distinct positive score, highest first (they only move there).
+
+    Args:
+        neg: (P_neg,) ascending normal scores. pos: (P_pos,) anomalous scores.
+        weights: optional (P_pos,) weights of the positives (PRO), in ``pos`` order.
+
+    Returns:
+        ``count`` positives at each threshold, ``tp`` positives >= it, ``fp_ge`` / ``fp_gt``
+        negatives >= / > it, and ``cum_w`` the positives' weight >= it (None without weights);
+        each (T,) for the T distinct positive scores.
+    """
+    order = np.argsort(pos, kind="stable")[::-1]  # descending
+    p = pos[order]
+    last = np.append(np.flatnonzero(p[1:] != p[:-1]), p.size - 1)  # end of each tie group
+    u = p[last]
+    tp = last + 1
+    count = np.diff(np.concatenate([[0], tp]))
+    fp_ge = neg.size - np.searchsorted(neg, u, side="left")
+    fp_gt = neg.size - np.searchsorted(neg, u, side="right")
+    cum_w = None if weights is None else np.cumsum(weights[order])[last]
+    return count, tp, fp_ge, fp_gt, cum_w
 
 
 def _check_scores(scores: np.ndarray, what: str) -> np.ndarray:
@@ -76,68 +108,27 @@ def _check_scores(scores: np.ndarray, what: str) -> np.ndarray:
     return scores
 
 
-def _ranked(
-    scores: np.ndarray, labels: np.ndarray, pos_weights: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Sort by score, highest first, and find where each group of equal scores ends.
-
-    ``np.sort`` is an order of magnitude faster than ``np.argsort`` on big float arrays, so
-    the normal scores are only sorted, the (usually few) anomalous ones are argsorted to
-    carry their weights along, and a stable argsort merges the two sorted runs in O(P).
-
-    Args:
-        scores: (P,) real scores.
-        labels: (P,) bool, True = positive (anomalous).
-        pos_weights: optional (n_pos,) weights of the positives, in ``scores[labels]`` order.
-
-    Returns:
-        ``y`` (P,) bool labels in descending score order, ``w`` (P,) float64 weights in the
-        same order (0 for negatives; None without ``pos_weights``) and ``ends`` (T,) the
-        last sorted position of each of the T distinct score values.
-    """
-    neg = np.sort(scores[~labels])
-    pos = scores[labels]
-    pos_order = np.argsort(pos)
-    merged = np.concatenate([neg, pos[pos_order]])  # two ascending runs
-    order = np.argsort(merged, kind="stable")[::-1]  # descending; ties are grouped below
-    s = merged[order]
-    ends = np.append(np.flatnonzero(s[1:] != s[:-1]), s.size - 1)
-    y = order >= neg.size
-    w = None
-    if pos_weights is not None:
-        w = np.concatenate([np.zeros(neg.size), pos_weights[pos_order]])[order]
-    return y, w, ends
-
-
-def _counts(y: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """True- and false-positive counts (T,) at each distinct threshold, highest first."""
-    tps = np.cumsum(y, dtype=np.int64)[ends]
-    fps = ends + 1 - tps
-    return tps, fps
-
-
-def _require_both(labels: np.ndarray, what: str) -> None:
-    n_pos = int(np.count_nonzero(labels))
-    if n_pos == 0 or n_pos == labels.size:
-        kind = "anomalous" if n_pos else "normal"
+def _require_both(neg: np.ndarray, pos: np.ndarray, what: str) -> None:
+    if neg.size == 0 or pos.size == 0:
+        kind = "anomalous" if pos.size else "normal"
         raise ValueError(
             f"{what} are all {kind}; AUROC/AP need both normal and anomalous examples. "
             "Evaluate on a set that contains both."
         )
 
 
-def _auroc(tps: np.ndarray, fps: np.ndarray) -> float:
-    """Trapezoidal area under the ROC curve through (0, 0) and every threshold."""
-    tpr = np.concatenate([[0.0], tps / tps[-1]])
-    fpr = np.concatenate([[0.0], fps / fps[-1]])
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2)
+def _auroc(neg: np.ndarray, pos: np.ndarray) -> float:
+    """Mann-Whitney AUROC (= trapezoidal ROC area): P(pos > neg) + P(pos == neg) / 2."""
+    count, _, fp_ge, fp_gt, _ = _steps(neg, pos)
+    below = neg.size - fp_ge  # negatives strictly below each positive score
+    tied = fp_ge - fp_gt
+    return float(np.sum(count * (below + 0.5 * tied)) / (pos.size * neg.size))
 
 
-def _ap(tps: np.ndarray, fps: np.ndarray) -> float:
+def _ap(neg: np.ndarray, pos: np.ndarray) -> float:
     """Average precision: sum over thresholds of (R_n - R_{n-1}) * P_n, R_0 = 0."""
-    precision = tps / (tps + fps)
-    recall = np.concatenate([[0.0], tps / tps[-1]])
-    return float(np.sum(np.diff(recall) * precision))
+    count, tp, fp_ge, _, _ = _steps(neg, pos)
+    return float(np.sum(count / pos.size * tp / (tp + fp_ge)))
 
 
 def _region_weights(masks: ArrayOrList) -> np.ndarray:
@@ -165,27 +156,27 @@ def _region_weights(masks: ArrayOrList) -> np.ndarray:
     return (1.0 / (sizes * offset))[region]
 
 
-def _pro(fps: np.ndarray, overlap: np.ndarray, max_fpr: float) -> float:
+def _pro(neg: np.ndarray, pos: np.ndarray, weights: np.ndarray, max_fpr: float) -> float:
     """Normalized area under the PRO curve for FPR in [0, max_fpr].
 
-    Args:
-        fps: (T,) false-positive counts at each distinct threshold, highest first.
-        overlap: (T,) mean region overlap at the same thresholds.
-        max_fpr: integration limit in (0, 1].
+    Between two distinct positive scores only the FPR moves (a flat segment); at a positive
+    score, the tied negatives and the positives move together (a sloped segment), exactly as
+    a curve through every distinct threshold.
     """
-    if fps[-1] == 0:
+    if neg.size == 0:
         raise ValueError("Every pixel is anomalous; PRO needs normal pixels to measure FPR.")
-    fpr = np.concatenate([[0.0], fps / fps[-1]])  # (T + 1,) from the point (0, 0)
-    pro = np.concatenate([[0.0], overlap])
+    _, _, fp_ge, fp_gt, cum_w = _steps(neg, pos, weights)
+    before = np.concatenate([[0.0], cum_w[:-1]])  # overlap just above each threshold
+    x = np.stack([fp_gt, fp_ge], 1).ravel() / neg.size  # (2T,) flat end, then sloped end
+    y = np.stack([before, cum_w], 1).ravel()
+    fpr = np.concatenate([[0.0], x, [1.0]])
+    pro = np.concatenate([[0.0], y, [cum_w[-1]]])
     # Cut the curve at max_fpr: keep points below it, interpolate the segment crossing it.
     k = int(np.searchsorted(fpr, max_fpr, side="left"))  # fpr[k - 1] < max_fpr <= fpr[k]
-    x, p = fpr[:k], pro[:k]
-    if k < fpr.size:
-        t = (max_fpr - fpr[k - 1]) / (fpr[k] - fpr[k - 1])
-        x = np.append(x, max_fpr)
-        p = np.append(p, pro[k - 1] + t * (pro[k] - pro[k - 1]))
-    area = np.sum(np.diff(x) * (p[1:] + p[:-1])) / 2
-    return float(area / max_fpr)
+    xs, ps = fpr[:k], pro[:k]
+    t = (max_fpr - fpr[k - 1]) / (fpr[k] - fpr[k - 1])
+    xs, ps = np.append(xs, max_fpr), np.append(ps, pro[k - 1] + t * (pro[k] - pro[k - 1]))
+    return float(np.sum(np.diff(xs) * (ps[1:] + ps[:-1])) / 2 / max_fpr)
 
 
 def _check_max_fpr(max_fpr: float) -> None:
@@ -203,11 +194,9 @@ def pixel_auroc(maps: ArrayOrList, masks: ArrayOrList) -> float:
     Returns:
         AUROC in [0, 1].
     """
-    scores, labels = _pixels(maps, masks)
-    scores = _check_scores(scores, "maps")
-    _require_both(labels, "The mask pixels")
-    y, _, ends = _ranked(scores, labels)
-    return _auroc(*_counts(y, ends))
+    neg, pos = _split(maps, masks)
+    _require_both(neg, pos, "The mask pixels")
+    return _auroc(neg, pos)
 
 
 def pixel_ap(maps: ArrayOrList, masks: ArrayOrList) -> float:
@@ -220,11 +209,9 @@ def pixel_ap(maps: ArrayOrList, masks: ArrayOrList) -> float:
     Returns:
         AP in [0, 1].
     """
-    scores, labels = _pixels(maps, masks)
-    scores = _check_scores(scores, "maps")
-    _require_both(labels, "The mask pixels")
-    y, _, ends = _ranked(scores, labels)
-    return _ap(*_counts(y, ends))
+    neg, pos = _split(maps, masks)
+    _require_both(neg, pos, "The mask pixels")
+    return _ap(neg, pos)
 
 
 def pro_score(maps: ArrayOrList, masks: ArrayOrList, max_fpr: float = 0.3) -> float:
@@ -244,12 +231,8 @@ def pro_score(maps: ArrayOrList, masks: ArrayOrList, max_fpr: float = 0.3) -> fl
         Normalized PRO area in [0, 1].
     """
     _check_max_fpr(max_fpr)
-    scores, labels = _pixels(maps, masks)
-    scores = _check_scores(scores, "maps")
-    weights = _region_weights(masks)
-    y, w, ends = _ranked(scores, labels, weights)
-    _, fps = _counts(y, ends)
-    return _pro(fps, np.cumsum(w)[ends], max_fpr)
+    neg, pos = _split(maps, masks)
+    return _pro(neg, pos, _region_weights(masks), max_fpr)
 
 
 def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
@@ -266,9 +249,9 @@ def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np
     y = np.asarray(labels).ravel() > 0
     if s.shape != y.shape:
         raise ValueError(f"Got {s.size} scores but {y.size} labels; pass one label per score.")
-    _require_both(y, "The image labels")
-    y, _, ends = _ranked(s, y)
-    return _auroc(*_counts(y, ends))
+    neg, pos = np.sort(s[~y]), s[y]
+    _require_both(neg, pos, "The image labels")
+    return _auroc(neg, pos)
 
 
 def evaluate(
@@ -278,7 +261,7 @@ def evaluate(
     labels: Sequence[int] | np.ndarray,
     max_fpr: float = 0.3,
 ) -> dict[str, float]:
-    """All metrics at once, sorting the pixels only once.
+    """All metrics at once, sorting the normal pixels only once.
 
     Args:
         maps: anomaly maps, list of (H_i, W_i) or one (N, H, W) array.
@@ -292,14 +275,11 @@ def evaluate(
     """
     _check_max_fpr(max_fpr)
     image = image_auroc(scores, labels)  # cheap: fail on bad labels before the pixel work
-    pix, gt = _pixels(maps, masks)
-    pix = _check_scores(pix, "maps")
-    _require_both(gt, "The mask pixels")
-    y, w, ends = _ranked(pix, gt, _region_weights(masks))
-    counts = _counts(y, ends)
+    neg, pos = _split(maps, masks)
+    _require_both(neg, pos, "The mask pixels")
     return {
-        "pixel_auroc": _auroc(*counts),
-        "pixel_ap": _ap(*counts),
-        "pro": _pro(counts[1], np.cumsum(w)[ends], max_fpr),
+        "pixel_auroc": _auroc(neg, pos),
+        "pixel_ap": _ap(neg, pos),
+        "pro": _pro(neg, pos, _region_weights(masks), max_fpr),
         "image_auroc": image,
     }
