@@ -39,8 +39,8 @@ class Config:
     nonneg: bool = False  # codes >= 0
     normalize: bool = False  # L2-normalise patch features first
     standardize: bool = False  # divide residuals per dimension by their spread on normal patches
-    score: str = "residual"  # patch score: "residual" ||r||, "cost" sqrt(2 * objective), or
     # "relative": ||r|| over the leave-one-out residual of the atoms that rebuilt it
+    score: str = "residual"  # patch score: "residual" ||r||, "cost" sqrt(2 J), or "relative"
     sampling: str = "usage"  # bank reduction: usage (ours), random or coreset
     ratio: float = 1.0  # share of the bank kept by sampling
     sigma: float = 4.0  # map blur in pixels at 256 px

@@ -1,0 +1,395 @@
+"""Few-shot anomaly localisation demo: fit on a few normal images, localise, explain each patch.
+
+UI wiring only: the method lives in ``subspace.detector``, drawing in ``subspace.viz`` and the
+per-visitor state in ``subspace.session``. ``python app.py`` serves it on 127.0.0.1 (or on
+``GRADIO_SERVER_NAME``); ``demo`` is the Blocks object, so ``gradio app.py`` reloads it.
+Environment: ``SUBSPACE_BACKBONE`` preselects a backbone (default ``auto``).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch loads: on a shared 2-core machine, OpenMP threads that spin at barriers stall
+# each other whenever anything else needs a core (measured under load: fit of the 6 ball-screw
+# references 4-8 s with sleeping threads, 12-54 s with spinning ones).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import functools  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from subspace.backbone import availability  # noqa: E402
+
+_status: dict[str, str] = {}
+# The Hub probe takes up to 3 s offline: run it while gradio and the example sets load.
+_probe = threading.Thread(target=lambda: _status.update(availability()), daemon=True)
+_probe.start()
+
+import gradio as gr  # noqa: E402
+
+from subspace import session as ss  # noqa: E402
+from subspace import viz  # noqa: E402
+from subspace.data import MAX_FILE_BYTES, ImageError  # noqa: E402
+
+log = logging.getLogger("app")
+ROOT = Path(__file__).resolve().parent
+EXAMPLES = ss.example_sets(ROOT / "examples")
+TRUTH = ss.TruthIndex(list(EXAMPLES.values()))
+_probe.join()
+STATUS = dict(_status) or {"lite0": "bundled"}  # a failed probe: only the bundled one is safe
+CHOICES = ss.backbone_choices(STATUS)
+DEFAULT_BACKBONE = os.environ.get("SUBSPACE_BACKBONE", "auto")
+if DEFAULT_BACKBONE not in {v for _, v in CHOICES}:
+    DEFAULT_BACKBONE = "auto"
+THEME = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
+HEADER = """<h1>Few-shot anomaly localisation, explained</h1>
+<p>Show it a few <b>defect-free</b> images of a part. It learns what normal looks like by
+subspace-guided feature reconstruction (SGFR), then shows <b>where</b> a new image differs and
+<b>why</b>: which feature dimensions could not be rebuilt, and from which reference patches it
+tried.</p>"""
+RESULTS_HELP = (
+    "Heat maps use a **fixed colour scale calibrated on your references** (leave-one-out), so "
+    "a normal query stays blue. **Click any patch** of these images to explain it below."
+)
+WHY_MD = (
+    "#### Why this patch?\nReconstruction error of every feature dimension of the selected "
+    "patch, grouped by backbone stage; grey: what normal patches reach (99th percentile)."
+)
+SOURCES_MD = (
+    "#### Which reference patches rebuilt it\nThe selected query patch, then the normal "
+    "patches whose weighted combination mimics it (weights sum to 1)."
+)
+FOOTER = (
+    "**How it works.** Each patch feature of the query is rebuilt as a sparse, affine "
+    "combination of its nearest normal patch features (self-expressive subspaces); what "
+    "cannot be rebuilt is anomalous. The baseline (PatchCore-style) only measures the distance "
+    "to the single closest normal patch. The fit runs once per set of references and backbone "
+    "and is reused for every further query. "
+    "Ball screw images: BSData, Schlagenhauf et al. 2021, CC BY-SA 4.0."
+)
+
+
+def friendly(fn):
+    """Visitor-facing errors only: bad input keeps the page as it was and says what to do."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ImageError, ValueError) as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        except Exception as err:  # a bug or a resource problem: log it, never show a trace
+            log.exception("%s failed", fn.__name__)
+            raise gr.Error(
+                f"Something went wrong ({type(err).__name__}); please try again.",
+                print_exception=False,
+            ) from None
+
+    return wrapper
+
+
+class QueryImage(gr.Image):
+    """``gr.Image`` whose undecodable uploads get a clear message: gradio opens them itself
+    before any handler runs, and would otherwise answer with a bare "Error"."""
+
+    is_template = True  # same front-end component as gr.Image
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception:
+            name = getattr(payload, "orig_name", None) or "the upload"
+            raise gr.Error(
+                f"{name!r} is not a readable image; upload a PNG, JPEG, BMP, TIFF or WebP file.",
+                print_exception=False,
+            ) from None
+
+
+def _session(state) -> ss.Session:
+    return state if isinstance(state, ss.Session) else ss.Session()
+
+
+# --------------------------------------------------------------------------- handlers
+@friendly
+def preview_references(files: list[str] | None) -> list[tuple]:
+    """Thumbnails of the uploaded references; warns about unusable files and the limit."""
+    thumbs, problems = ss.reference_previews(files or [])
+    if problems:
+        gr.Warning(" ".join(problems))
+    return thumbs
+
+
+@friendly
+def load_example(name: str):
+    """Fill the references and the query from example set ``name``."""
+    ex = EXAMPLES[name]
+    query = next((q for q in ex.query if q.stem in ex.masks), ex.query[0])
+    picks = [(str(q), "defect" if q.stem in ex.masks else "good") for q in ex.query]
+    return (
+        [str(p) for p in ex.normal],
+        str(query),
+        gr.Gallery(value=picks, visible=True, label="More queries from this set: click to run"),
+        [str(q) for q in ex.query],
+    )
+
+
+def pick_query(paths: list[str], evt: gr.SelectData) -> str:
+    """A click on an example query puts it in the query box (the run follows)."""
+    return paths[evt.index]
+
+
+@friendly
+def detect(refs, query, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
+    """Fit on the references (reused when unchanged) and localise anomalies in the query."""
+    session = _session(state)
+    if not query:
+        raise ValueError("Add a query image to inspect (or load an example set).")
+    name, warning = ss.choose_backbone(backbone, STATUS)
+    uploads, digest = ss.read_references(refs or [])
+    data, image = ss.read_image(query, f"query {Path(query).name!r}")
+    progress(0.0, desc="loading the backbone")
+    name, failed = ss.load_or_fallback(name)
+    for message in filter(None, (warning, failed)):
+        gr.Warning(message)
+    fit, reused = session.fit(
+        uploads, digest, name, float(ratio), lambda f, m: progress(0.05 + 0.9 * f, desc=m)
+    )
+    progress(0.97, desc="scoring the query")
+    pred = fit.detector.predict(image)
+    truth = TRUTH.lookup(data, image.size)
+    session.result = ss.make_result(pred, fit, Path(query).name, image, truth, reused)
+    return (*_views(session), *_explain(session), *_numbers(session, slider=True), session)
+
+
+def _views(session: ss.Session):
+    v = ss.views(session.result)
+    return v["query"], v["sgfr"], v["knn"], v["mask"], v["sgfr_bar"], v["knn_bar"]
+
+
+def _explain(session: ss.Session):
+    res = session.result
+    return ss.patch_note(res), ss.dimension_plot(res), ss.thumbnails(res)
+
+
+def _numbers(session: ss.Session, slider: bool = False):
+    res = session.result
+    out = []
+    if slider:  # a new result: range from its calibration (this rounds its threshold)
+        lo, hi, step = ss.threshold_range(res)
+        out.append(gr.Slider(minimum=lo, maximum=hi, value=res.threshold, step=step))
+    numbers = ss.scores(res, res.threshold)
+    return (*out, ss.summary(numbers), numbers)
+
+
+@friendly
+def export(state):
+    """Write the results bundle (zip) of the last result at the current threshold."""
+    res = _session(state).result
+    return None if res is None else str(ss.bundle(res, ss.scores(res, res.threshold), state.folder))
+
+
+def export_at(threshold: float, state):
+    """The bundle once the slider is released, at the slider's value."""
+    if isinstance(state, ss.Session) and state.result is not None and threshold is not None:
+        state.result.threshold = float(threshold)
+    return export(state)
+
+
+@friendly
+def inspect(x: float, y: float, state):
+    """Explain the patch at query pixel (x, y): per-dimension errors and its sources."""
+    session = _session(state)
+    if session.result is None:
+        gr.Warning("Run the detector first, then click a patch.")
+        return gr.skip()
+    session.result.patch = session.result.pred.patch_at(float(x), float(y))
+    v = ss.views(session.result)
+    numbers = ss.scores(session.result, session.result.threshold)
+    return (v["query"], v["sgfr"], v["knn"], v["mask"], *_explain(session), numbers, session)
+
+
+def select_patch(state, evt: gr.SelectData):
+    """A click on any result image: ``evt.index`` is (x, y) in that image's pixels."""
+    res = _session(state).result
+    if res is None or not evt.index:
+        return gr.skip()
+    sx = res.query.size[0] / res.display.size[0]
+    sy = res.query.size[1] / res.display.size[1]
+    return inspect(evt.index[0] * sx, evt.index[1] * sy, state)
+
+
+@friendly
+def set_threshold(threshold: float, state):
+    """Redraw the mask and area for a new threshold; no refit, no re-prediction."""
+    session = _session(state)
+    if session.result is None or threshold is None:
+        return gr.skip()
+    session.result.threshold = float(threshold)
+    return ss.views(session.result, only_mask=True)["mask"], *_numbers(session), session
+
+
+# --------------------------------------------------------------------------- layout
+with gr.Blocks(
+    title="Subspace anomaly localisation", fill_width=True, delete_cache=(3600, 3600)
+) as demo:
+    state = gr.State(None, time_to_live=ss.SESSION_TTL_S, delete_callback=ss.close_session)
+    example_paths = gr.State([])
+    gr.HTML(HEADER, elem_id="header", js_on_load=None)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            refs_in = gr.File(
+                label=f"1 · Normal reference images (1–{ss.MAX_REFERENCES}, defect-free)",
+                file_count="multiple", file_types=["image"], height=150, elem_id="refs",
+            )  # fmt: skip
+            refs_gallery = gr.Gallery(
+                columns=8, height=124, object_fit="cover", allow_preview=False,
+                show_label=False, elem_id="refs-gallery",
+            )  # fmt: skip
+        with gr.Column(scale=3, min_width=240):
+            query_in = QueryImage(
+                label="2 · Query image to inspect", type="filepath",
+                sources=["upload", "clipboard"], height=170, elem_id="query",
+            )  # fmt: skip
+            example_gallery = gr.Gallery(
+                visible=False, columns=4, height=92, object_fit="cover", allow_preview=False,
+                elem_id="example-queries",
+            )  # fmt: skip
+        with gr.Column(scale=3, min_width=260, elem_id="controls"):
+            gr.Markdown("**No images at hand?** Load an example set:", elem_classes="help")
+            example_buttons = {
+                name: gr.Button(ex.title, size="md", elem_id=f"example-{name}")
+                for name, ex in EXAMPLES.items()
+            }
+            backbone_in = gr.Dropdown(
+                CHOICES, value=DEFAULT_BACKBONE, label="3 · Backbone", elem_id="backbone"
+            )
+            if note := ss.hub_note(STATUS):
+                gr.Markdown(note, elem_classes="hub-note")
+            ratio_in = gr.Slider(
+                0.05, 1.0, value=ss.RATIO_DEFAULT, step=0.05, label="Memory bank kept",
+                info="share of reference patches kept by usage sampling", elem_id="ratio",
+            )  # fmt: skip
+            run_btn = gr.Button("Detect anomalies", variant="primary", size="lg", elem_id="run")
+
+    gr.Markdown(RESULTS_HELP, elem_classes="help")
+    with gr.Row(equal_height=False, elem_id="results"):
+        image_args = dict(
+            type="pil", interactive=False, show_label=False, buttons=["fullscreen"], min_width=220
+        )
+        html_args = dict(show_label=False, js_on_load=None, elem_classes="bar")
+        with gr.Column(min_width=220):
+            gr.Markdown("**Query** · click any patch", elem_classes="imgtitle")
+            query_out = gr.Image(label="Query", elem_id="out-query", **image_args)
+            patch_note = gr.HTML(label="Selected patch", **html_args, elem_id="patch-note")
+        with gr.Column(min_width=220):
+            gr.Markdown("**SGFR (ours)** · reconstruction error", elem_classes="imgtitle")
+            sgfr_out = gr.Image(label="SGFR heat map", elem_id="out-sgfr", **image_args)
+            sgfr_bar = gr.HTML(label="SGFR colour scale", **html_args)
+        with gr.Column(min_width=220):
+            gr.Markdown("**Baseline** · nearest neighbour", elem_classes="imgtitle")
+            knn_out = gr.Image(label="Baseline heat map", elem_id="out-knn", **image_args)
+            knn_bar = gr.HTML(label="Baseline colour scale", **html_args)
+        with gr.Column(min_width=220):
+            gr.Markdown("**Defect mask** · green: ground truth", elem_classes="imgtitle")
+            mask_out = gr.Image(label="Defect mask", elem_id="out-mask", **image_args)
+            threshold_in = gr.Slider(0, 1, value=0.5, label="Mask threshold", elem_id="threshold")
+    summary_out = gr.HTML(label="Summary", show_label=False, js_on_load=None, elem_id="summary")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            gr.Markdown(WHY_MD, elem_classes="section")
+            plot_out = gr.Plot(
+                label="Per-dimension error", format="png", show_label=False, elem_id="dims"
+            )
+        with gr.Column(scale=2):
+            gr.Markdown(SOURCES_MD, elem_classes="section")
+            sources_out = gr.Gallery(
+                label="Reference patches", columns=4, object_fit="contain",
+                allow_preview=False, show_label=False, elem_id="sources",
+            )  # fmt: skip
+    with gr.Row(equal_height=False):
+        bundle_out = gr.DownloadButton(
+            "Download results (.zip): heat maps, overlays, raw maps, mask, scores",
+            elem_id="bundle", scale=1, variant="secondary",
+        )  # fmt: skip
+        with gr.Column(scale=1), gr.Accordion("Scores as JSON (what the API returns)", open=False):
+            scores_out = gr.JSON(label="Scores", show_label=False, elem_id="scores")
+    gr.Markdown(FOOTER, elem_classes="help")
+    x_in = gr.Number(visible=False)
+    y_in = gr.Number(visible=False)
+    inspect_btn = gr.Button(visible=False)
+
+    # ----------------------------------------------------------------------- events
+    images = [query_out, sgfr_out, knn_out, mask_out]
+    explain = [patch_note, plot_out, sources_out]
+    numbers = [summary_out, scores_out]
+    refs_in.change(preview_references, refs_in, refs_gallery, api_name="preview_references")
+    for name, btn in example_buttons.items():
+        btn.click(
+            functools.partial(load_example, name),
+            None,
+            [refs_in, query_in, example_gallery, example_paths],
+            api_name=f"example_{name}",
+        )
+    run_inputs = [refs_in, query_in, backbone_in, ratio_in, state]
+    run_outputs = [*images, sgfr_bar, knn_bar, *explain, threshold_in, *numbers, state]
+    light = dict(concurrency_id="explain", concurrency_limit=2)  # no model: may overlap
+    export_args = dict(fn=export, inputs=state, outputs=bundle_out, show_progress="hidden")
+    heavy = dict(concurrency_id="model", show_progress_on=images)  # one fit/predict at a time
+    run_btn.click(detect, run_inputs, run_outputs, api_name="detect", **heavy).success(
+        **export_args, api_name="bundle", **light
+    )
+    example_gallery.select(
+        pick_query, example_paths, query_in, api_name="pick_query", api_visibility="undocumented"
+    ).success(detect, run_inputs, run_outputs, api_visibility="private", **heavy).success(
+        **export_args, api_visibility="private", **light
+    )
+    click_outputs = [*images, *explain, scores_out, state]
+    for img in images:
+        img.select(
+            select_patch,
+            state,
+            click_outputs,
+            api_name=f"select_{img.elem_id.removeprefix('out-')}",
+            api_visibility="undocumented",  # needs a click position: use /inspect instead
+            show_progress="minimal",
+            **light,
+        )
+    inspect_btn.click(inspect, [x_in, y_in, state], click_outputs, api_name="inspect", **light)
+    threshold_in.input(
+        set_threshold,
+        [threshold_in, state],
+        [mask_out, *numbers, state],
+        api_name="threshold",
+        trigger_mode="always_last",
+        show_progress="hidden",
+        **light,
+    )
+    threshold_in.release(
+        export_at, [threshold_in, state], bundle_out, api_visibility="private", **light
+    )
+
+demo.queue(default_concurrency_limit=1, max_size=24)
+
+
+def launch_kwargs() -> dict:
+    """Local by default; Spaces set GRADIO_SERVER_NAME. Uploads are bounded like the loader."""
+    return dict(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        max_file_size=MAX_FILE_BYTES,
+        theme=THEME,
+        css=viz.CSS,
+        footer_links=["api", "gradio"],
+    )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.chdir(ROOT)  # gradio serves returned example files only from the working directory
+    ss.warm_up(ss.choose_backbone(DEFAULT_BACKBONE, STATUS)[0], after=lambda: demo.is_running)
+    demo.launch(**launch_kwargs())

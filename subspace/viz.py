@@ -1,0 +1,460 @@
+"""Everything the app draws: fixed-scale colour maps, overlays, masks, figures, result bundles.
+
+Anomaly maps are always drawn on the detector's calibrated colour scale (``vmin`` .. ``vmax``
+from leave-one-out on the references), never stretched per image: a normal query looks calm.
+Only numpy, Pillow and matplotlib's object API (no pyplot, so it is thread-safe).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from PIL import Image, ImageDraw, ImageFont
+
+CMAP = "turbo"  # perceptually ordered blue -> red; readable on projectors
+DISPLAY_SIDE = 768  # long side of images sent to the browser: never upscaled by the page
+THUMB_SIDE = 160  # long side of reference-patch thumbnails
+ALPHA = (0.25, 0.75)  # heat-map opacity at the bottom / top of the colour scale
+MASK_RGB = (255, 40, 40)  # predicted defect: fill and contour
+TRUTH_RGB = (60, 255, 90)  # ground-truth outline (example sets only)
+STAGE_COLOURS = ("#4C78A8", "#72B7B2", "#B279A2", "#9D755D")  # bars per backbone stage
+HIGH_COLOUR = "#E4572E"  # bars above the normal 99th percentile
+
+
+# ----------------------------------------------------------------------------- geometry
+def fit_display(size: tuple[int, int], side: int = DISPLAY_SIDE) -> tuple[int, int]:
+    """(W, H) -> (w, h) with the same aspect ratio and the longer side equal to ``side``."""
+    w, h = size
+    s = side / max(w, h)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def to_display(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
+    """RGB copy of ``image`` resized (either way) so its longer side is ``side`` pixels.
+
+    Upscaling small images here keeps the browser from upscaling them, so click positions
+    reported by the page map exactly onto image pixels.
+    """
+    size = fit_display(image.size, side)
+    image = image.convert("RGB")
+    return image.copy() if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def cell_box(
+    size: tuple[int, int], grid: tuple[int, int], gy: int, gx: int
+) -> tuple[int, int, int, int]:
+    """Pixel box (x0, y0, x1, y1) of grid cell (gy, gx) on an image of ``size`` = (W, H)."""
+    (w, h), (gh, gw) = size, grid
+    return (
+        int(gx * w / gw),
+        int(gy * h / gh),
+        int(np.ceil((gx + 1) * w / gw)),
+        int(np.ceil((gy + 1) * h / gh)),
+    )
+
+
+def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) float map -> (h, w) float32 map for an image of ``size`` = (w, h), bilinear."""
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape == (size[1], size[0]):
+        return values
+    return np.asarray(Image.fromarray(values).resize(size, Image.Resampling.BILINEAR))  # mode F
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool mask -> (h, w) bool mask for ``size`` = (w, h), nearest neighbour."""
+    img = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
+    return np.asarray(img.resize(size, Image.Resampling.NEAREST)) > 127
+
+
+# ----------------------------------------------------------------------------- colour
+def normalize(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """Map values onto [0, 1] with the fixed scale ``vmin`` .. ``vmax`` (clipped)."""
+    span = max(float(vmax) - float(vmin), 1e-12)
+    return np.clip((np.asarray(values, dtype=np.float32) - vmin) / span, 0.0, 1.0)
+
+
+def _lut(cmap: str = CMAP) -> np.ndarray:
+    """(256, 3) uint8 colour table of a matplotlib colour map."""
+    return (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def colorize(values: np.ndarray, vmin: float, vmax: float, cmap: str = CMAP) -> np.ndarray:
+    """(H, W) map -> (H, W, 3) uint8 colours on the fixed scale."""
+    idx = (normalize(values, vmin, vmax) * 255).round().astype(np.uint8)
+    return _lut(cmap)[idx]
+
+
+def overlay(
+    image: Image.Image, heatmap: np.ndarray, vmin: float, vmax: float, cmap: str = CMAP
+) -> Image.Image:
+    """Blend the colour-mapped ``heatmap`` over ``image`` (heat map resized to the image).
+
+    Opacity grows with the anomaly score, so calm regions keep the photo readable.
+    """
+    m = resize_map(heatmap, image.size)  # (h, w)
+    t = normalize(m, vmin, vmax)[..., None]  # (h, w, 1)
+    alpha = ALPHA[0] + (ALPHA[1] - ALPHA[0]) * t
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    out = base * (1 - alpha) + colorize(m, vmin, vmax, cmap).astype(np.float32) * alpha
+    return Image.fromarray(out.round().astype(np.uint8))
+
+
+def _neighbours(mask: np.ndarray, border: bool, op) -> np.ndarray:
+    """``op`` (np.logical_and / or) of each pixel with its 4 neighbours, ``border`` outside."""
+    p = np.pad(mask, 1, constant_values=border)
+    out = op(p[1:-1, 1:-1], p[:-2, 1:-1])
+    for nb in (p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]):
+        out = op(out, nb)
+    return out
+
+
+def _outline(mask: np.ndarray, width: int) -> np.ndarray:
+    """(H, W) bool -> (H, W) bool ring of about ``width`` pixels along the mask's border."""
+    edge = mask & ~_neighbours(mask, True, np.logical_and)  # mask minus its erosion
+    for _ in range(max(0, width - 1)):
+        edge = _neighbours(edge, False, np.logical_or)  # dilate
+    return edge
+
+
+def mask_overlay(
+    image: Image.Image,
+    heatmap: np.ndarray,
+    threshold: float,
+    truth: np.ndarray | None = None,
+) -> Image.Image:
+    """Query with the thresholded map as a red fill + contour, ground truth outlined in green.
+
+    Args:
+        image: the query (any size; drawn at this size).
+        heatmap: (H, W) anomaly map of the query at any size.
+        threshold: pixels with a map value above it are called defective.
+        truth: optional (H', W') bool ground-truth mask, outlined for comparison.
+    """
+    m = resize_map(heatmap, image.size)  # (h, w)
+    mask = m > threshold
+    out = np.asarray(image.convert("RGB"), dtype=np.float32) * 0.8  # dim: red must stand out
+    red = np.asarray(MASK_RGB, dtype=np.float32)
+    out[mask] = out[mask] * 0.55 + red * 0.45
+    width = max(2, round(max(image.size) / 300))
+    out[_outline(mask, width)] = red
+    if truth is not None:
+        t = resize_mask(truth, image.size)
+        out[_outline(t, width)] = TRUTH_RGB
+    return Image.fromarray(out.round().astype(np.uint8))
+
+
+def defect_area(heatmap: np.ndarray, threshold: float) -> float:
+    """Share of pixels (0..1) of the map above ``threshold``."""
+    return float((np.asarray(heatmap) > threshold).mean())
+
+
+def mark_cell(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """Copy of ``image`` with a black-and-white frame around ``box`` (visible on any colour)."""
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    x0, y0, x1, y1 = box
+    pad = max(2, round(max(image.size) / 250))
+    draw.rectangle((x0 - pad, y0 - pad, x1 + pad, y1 + pad), outline=(0, 0, 0), width=pad + 2)
+    draw.rectangle((x0 - pad, y0 - pad, x1 + pad, y1 + pad), outline=(255, 255, 255), width=pad)
+    return out
+
+
+# ----------------------------------------------------------------------------- HTML widgets
+def _fmt(x: float) -> str:
+    """Compact number: 3 significant digits, no scientific notation for usual ranges."""
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def colorbar_html(
+    vmin: float, vmax: float, threshold: float, score: float | None, title: str, cmap: str = CMAP
+) -> str:
+    """A colour bar for the fixed scale with the threshold tick and the image score marker."""
+    stops = ", ".join(f"rgb{tuple(int(v) for v in c)}" for c in _lut(cmap)[::32])
+    pos = lambda v: 100.0 * float(normalize(np.float32(v), vmin, vmax))  # noqa: E731
+    marker = ""
+    if score is not None:
+        beyond = "&#9656;" if score > vmax else ""
+        marker = (
+            f'<div class="cbar-score" style="left:{pos(score):.1f}%" '
+            f'title="image score {_fmt(score)}">&#9660;<span>{_fmt(score)}{beyond}</span></div>'
+        )
+    return (
+        f'<div class="cbar"><div class="cbar-title">{html.escape(title)}</div>'
+        f'<div class="cbar-track" style="background:linear-gradient(to right, {stops})">'
+        f'<div class="cbar-thr" style="left:{pos(threshold):.1f}%"></div>{marker}</div>'
+        f'<div class="cbar-ticks"><span>{_fmt(vmin)} normal</span>'
+        f"<span>threshold {_fmt(threshold)}</span><span>{_fmt(vmax)}+</span></div></div>"
+    )
+
+
+def note_html(title: str, detail: str) -> str:
+    """A two-line caption (``detail`` may hold HTML entities)."""
+    return f'<div class="cbar"><div class="cbar-title">{html.escape(title)}</div>{detail}</div>'
+
+
+def _card(title: str, value: str, detail: str, tone: str = "") -> str:
+    return (
+        f'<div class="card {tone}"><div class="card-title">{html.escape(title)}</div>'
+        f'<div class="card-value">{value}</div>'
+        f'<div class="card-detail">{detail}</div></div>'
+    )
+
+
+def summary_html(s: dict) -> str:
+    """Result cards from :func:`subspace.session.scores` output (a plain dict)."""
+    sg, nn, bank, sec = s["sgfr"], s["knn"], s["bank"], s["seconds"]
+    n = s["n_references"]
+    unusual = sg["refs_below"] == n
+    verdict = "Unusual" if unusual else "Within normal range"
+    lo, hi = sg["reference_range"]
+    cards = [
+        _card(
+            "Verdict",
+            verdict,
+            f"image score <b>{_fmt(sg['score'])}</b> vs references {_fmt(lo)}&ndash;{_fmt(hi)}",
+            "bad" if unusual else "good",
+        ),
+        _card(
+            "How unusual",
+            f"above {sg['refs_below']} of {n}",
+            f"references (leave-one-out), p = {sg['p_value']:.2f}",
+        ),
+        _card(
+            "Defect area",
+            f"{100 * s['defect_area']:.2f} %",
+            f"of the image above threshold {_fmt(s['threshold'])}",
+        ),
+        _card(
+            "Time",
+            f"{sec['predict']:.2f} s",
+            f"predict &middot; fit {sec['fit']:.1f} s" + (" (reused)" if s["fit_reused"] else ""),
+        ),
+        _card(
+            "Memory bank (patches)",
+            f"{bank['size']:,}",
+            f"kept of {bank['full']:,} &middot; {bank['bytes'] / 2**20:.1f} MiB &middot; "
+            f"{html.escape(bank['sampling'])} sampling {bank['ratio']:.0%}",
+        ),
+        _card(
+            "Baseline score",
+            _fmt(nn["score"]),
+            f"nearest neighbour: above {nn['refs_below']} of {n}, p = {nn['p_value']:.2f}",
+        ),
+    ]
+    return f'<div class="cards">{"".join(cards)}</div>'
+
+
+# ----------------------------------------------------------------------------- figures
+def dimension_figure(
+    residual: np.ndarray,
+    stages: Sequence,
+    typical: Sequence[float],
+    high: Sequence[float],
+    title: str,
+) -> Figure:
+    """Per-dimension reconstruction error of one patch, grouped by backbone stage.
+
+    Args:
+        residual: (d,) |y - y_hat| of the patch.
+        stages: objects with ``name``, ``start``, ``stop`` (channel slices per stage).
+        typical: (d,) mean |residual| of normal patches (leave-one-out on the references).
+        high: (d,) 99th percentile of the same.
+        title: figure title.
+    """
+    r = np.asarray(residual, dtype=np.float64)
+    typ, hi = np.asarray(typical, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    d = r.shape[0]
+    x = np.arange(d)
+    over = r > hi
+    fig = Figure(figsize=(9.0, 3.6), dpi=110)
+    ax = fig.add_axes((0.065, 0.14, 0.925, 0.69))  # fixed margins: layout engines are slow
+    colours = np.empty(d, dtype=object)
+    energy = float((r**2).sum()) or 1.0
+    for i, st in enumerate(stages):
+        colours[st.start : st.stop] = STAGE_COLOURS[i % len(STAGE_COLOURS)]
+        share = float((r[st.start : st.stop] ** 2).sum()) / energy
+        if i:
+            ax.axvline(st.start - 0.5, color="0.35", lw=1.0, ls=":")
+        ax.text(
+            (st.start + st.stop - 1) / 2,
+            0.97,
+            f"{st.name}\n{share:.0%} of the squared error",
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="top",
+            fontsize=8.5,
+            color="0.2",
+        )
+    colours[over] = HIGH_COLOUR
+    ax.fill_between(x, 0, hi, step="mid", color="0.86", lw=0)
+    # One line per dimension, as wide as a bar: a single collection draws far faster than
+    # d rectangles, which matters for a plot redrawn on every click.
+    width_px = fig.get_figwidth() * fig.dpi * ax.get_position().width
+    lw = max(0.3, 0.85 * width_px / d * 72 / fig.dpi)  # points
+    ax.vlines(x, 0, r, colors=list(colours), lw=lw, capstyle="butt")
+    ax.step(x, typ, where="mid", color="black", lw=1.0, label="normal patches: mean")
+    ax.set_xlim(-0.5, d - 0.5)
+    ax.set_ylim(0, max(float(r.max()), float(hi.max())) * 1.25 or 1.0)  # room for labels
+    ax.set_xlabel(f"feature dimension (d = {d}), grouped by backbone stage")
+    ax.set_ylabel("|reconstruction error|")
+    handles = [
+        Patch(color=STAGE_COLOURS[0], label="this patch (colour: stage)"),
+        Patch(color=HIGH_COLOUR, label="this patch, above the normal 99 %"),
+        Patch(color="0.86", label="normal patches: up to the 99th percentile"),
+        ax.lines[-1],
+    ]
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.925),
+        ncol=4,
+        fontsize=8,
+        frameon=False,
+    )
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(
+        f"{title}: {int(over.sum())} of {d} dimensions above the normal 99 %", fontsize=10, y=0.985
+    )
+    return fig
+
+
+def label_thumbnail(image: Image.Image, text: str) -> Image.Image:
+    """Copy of ``image`` with ``text`` on a dark band along its bottom edge (always legible,
+    unlike captions that a narrow gallery truncates)."""
+    out = image.convert("RGB").copy()
+    size = max(11, round(min(out.width / 10, out.height / 5)))
+    font = ImageFont.load_default(size=size)
+    draw = ImageDraw.Draw(out, "RGBA")
+    band = size + 8
+    draw.rectangle((0, out.height - band, out.width, out.height), fill=(0, 0, 0, 170))
+    draw.text((5, out.height - band + 3), text, fill=(255, 255, 255), font=font)
+    return out
+
+
+def patch_thumbnails(
+    query: Image.Image,
+    query_box: tuple[int, int, int, int],
+    refs: Sequence[Image.Image],
+    scales: Sequence[float],
+    sources: Sequence[dict],
+    query_caption: str,
+) -> list[tuple[Image.Image, str]]:
+    """Thumbnails of the query patch, then of the reference patches that rebuilt it.
+
+    Args:
+        query: query image; ``query_box`` is the patch's pixel box on it.
+        refs: reference images (possibly downscaled); ``scales[i]`` = their px per original px.
+        sources: :meth:`Detector.sources` output: ``image``, ``box`` (original px), ``coef``.
+        query_caption: caption of the first thumbnail.
+    """
+
+    def thumb(img: Image.Image, box) -> Image.Image:
+        crop = img.crop(tuple(int(round(v)) for v in box))
+        return crop.resize(fit_display(crop.size, THUMB_SIDE), Image.Resampling.LANCZOS)
+
+    def context_box(box, size):  # the query cell alone is tiny: show its 3x3 neighbourhood
+        x0, y0, x1, y1 = box
+        w, h = x1 - x0, y1 - y0
+        return max(0, x0 - w), max(0, y0 - h), min(size[0], x1 + w), min(size[1], y1 + h)
+
+    first = thumb(query, context_box(query_box, query.size))
+    out = [(label_thumbnail(first, query_caption), query_caption)]
+    for src in sources:  # strongest first
+        i, s = src["image"], scales[src["image"]]
+        box = [v * s for v in src["box"]]
+        caption = f"ref {i + 1} · {src['coef']:+.2f}"
+        out.append((label_thumbnail(thumb(refs[i], box), caption), caption))
+    return out
+
+
+# ----------------------------------------------------------------------------- bundle
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)  # speed over size: PNGs are zipped as-is
+    return buf.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_bundle(
+    path: str | Path,
+    query: Image.Image,
+    maps: dict[str, np.ndarray],
+    scales: dict[str, tuple[float, float]],
+    threshold: float,
+    scores: dict,
+) -> Path:
+    """Write a zip with, per method, the heat-map PNG, overlay PNG and raw ``.npy`` map, plus
+    the thresholded mask PNG (primary map) and ``scores.json``.
+
+    Args:
+        path: the zip file to write.
+        query: the query at full size.
+        maps: method name -> (H, W) raw map at the query's size; the first is the primary.
+        scales: method name -> (vmin, vmax) calibrated colour scale.
+        threshold: mask threshold on the primary map.
+        scores: JSON-able numbers (see :func:`subspace.session.scores`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    primary = next(iter(maps))
+    with zipfile.ZipFile(path, "w") as z:
+        for name, m in maps.items():
+            vmin, vmax = scales[name]
+            z.writestr(f"heatmap_{name}.png", _png(Image.fromarray(colorize(m, vmin, vmax))))
+            z.writestr(f"overlay_{name}.png", _png(overlay(query, m, vmin, vmax)))
+            z.writestr(f"map_{name}.npy", _npy(m), compress_type=zipfile.ZIP_DEFLATED)
+        mask = Image.fromarray((np.asarray(maps[primary]) > threshold).astype(np.uint8) * 255)
+        z.writestr(f"mask_{primary}.png", _png(mask))
+        z.writestr("scores.json", json.dumps(scores, indent=2), compress_type=zipfile.ZIP_DEFLATED)
+    return path
+
+
+# ----------------------------------------------------------------------------- page style
+CSS = """
+#header h1 {font-size: 1.85rem; margin: 0 0 .25rem 0; line-height: 1.2}
+#header p {margin: 0; font-size: 1.02rem; max-width: 76rem; color: var(--body-text-color-subdued)}
+#header .steps {margin-top: .45rem; font-size: .95rem}
+.help p {font-size: .93rem; color: var(--body-text-color-subdued); margin: .2rem 0}
+.hub-note p {font-size: .85rem; color: #b35c00; margin: 0}
+.cbar {font-size: .8rem; padding: 0 .2rem .2rem .2rem}
+.cbar-title {font-weight: 600; color: var(--body-text-color)}
+.cbar-track {position: relative; height: 14px; border-radius: 3px; margin-top: 20px;
+             border: 1px solid var(--border-color-primary)}
+.cbar-thr {position: absolute; top: -4px; bottom: -4px; width: 3px; margin-left: -1px;
+           background: var(--body-text-color); border-radius: 1px}
+.cbar-score {position: absolute; top: -19px; transform: translateX(-50%); white-space: nowrap;
+             font-weight: 700; color: var(--body-text-color); font-size: .8rem}
+.cbar-score span {margin-left: .15rem}
+.cbar-ticks {display: flex; justify-content: space-between; color: var(--body-text-color-subdued)}
+.cards {display: grid; grid-template-columns: repeat(auto-fit, minmax(185px, 1fr)); gap: .6rem}
+.card {border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg);
+       padding: .55rem .8rem; background: var(--block-background-fill)}
+.card-title {font-size: .75rem; text-transform: uppercase; letter-spacing: .05em;
+             color: var(--body-text-color-subdued)}
+.card-value {font-size: 1.55rem; font-weight: 700; line-height: 1.3; color: var(--body-text-color)}
+.card.bad .card-value {color: #d9480f}
+.card.good .card-value {color: #2f9e44}
+.card-detail {font-size: .85rem; color: var(--body-text-color-subdued)}
+.section h4 {margin: .2rem 0 .1rem 0}
+.section p {font-size: .9rem; color: var(--body-text-color-subdued); margin: 0}
+#controls button {width: 100%}
+.imgtitle p {margin: 0 0 -.3rem .2rem; font-size: .95rem; white-space: nowrap; overflow: hidden;
+             text-overflow: ellipsis}
+#sources .caption-label, #refs-gallery .caption-label {display: none}
+#sources .grid-wrap {height: auto !important; min-height: 0 !important; max-height: none !important}
+"""
