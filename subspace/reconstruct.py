@@ -53,23 +53,25 @@ def knn(
     if metric not in ("l2", "cosine"):
         raise ValueError(f"unknown support metric {metric!r}; choose l2 or cosine")
     bank_sq = bank.pow(2).sum(1)  # (N,)
-    bank_norm = bank_sq.sqrt().clamp_min(1e-12)
     scores, idx, nn = [], [], []
     for s in range(0, queries.shape[0], chunk):
         q = queries[s : s + chunk]  # (m, d)
-        dot = q @ bank.T  # (m, N)
-        q_sq = q.pow(2).sum(1, keepdim=True)
-        d2 = (q_sq - 2 * dot + bank_sq).clamp_min_(0)  # (m, N)
+        q_sq = q.pow(2).sum(1, keepdim=True)  # (m, 1)
+        # One fused pass and in-place updates: the (m, N) matrix is the memory hot spot.
+        d2 = torch.addmm(bank_sq.expand(q.shape[0], -1), q, bank.T, alpha=-2).add_(q_sq)
+        d2.clamp_min_(0)
         if exclude is not None:
-            d2 = d2.masked_fill(exclude(slice(s, s + q.shape[0])), float("inf"))
-        nearest = bank[d2.argmin(1)]  # exact distance: the expansion above cancels badly
-        nn.append((q - nearest).pow(2).sum(1))
+            d2.masked_fill_(exclude(slice(s, s + q.shape[0])), float("inf"))
         if metric == "cosine":
-            dist = 1 - dot / (q_sq.sqrt().clamp_min(1e-12) * bank_norm)
-            dist = dist.masked_fill(d2.isinf(), float("inf"))
+            dot = (q_sq + bank_sq - d2) / 2  # recovered from d2; excluded atoms stay inf
+            dist = 1 - dot / (q_sq.sqrt() * bank_sq.sqrt()).clamp_min(1e-12)
+            v, i = torch.topk(dist, k, dim=1, largest=False)
+            nearest = d2.argmin(1)
         else:
-            dist = d2
-        v, i = torch.topk(dist, k, dim=1, largest=False)
+            v, i = torch.topk(d2, k, dim=1, largest=False)
+            nearest = i[:, 0]
+        # Exact distance to the nearest: the expansion above cancels badly for near copies.
+        nn.append((q - bank[nearest]).pow(2).sum(1))
         scores.append(v)
         idx.append(i)
     return torch.cat(scores), torch.cat(idx), torch.cat(nn)
@@ -153,19 +155,34 @@ def code(
     nonneg: bool = False,
     exclude: Exclude | None = None,
     metric: str = "l2",
+    chunk: int = 2048,
 ) -> Code:
     """Code every target over its K nearest dictionary atoms and keep the residuals.
+
+    Targets are processed ``chunk`` rows at a time, so memory stays bounded (the gathered
+    atoms alone are chunk x K x d floats) however large the bank or the query.
 
     Args:
         targets: (M, d). dictionary: (N, d). Remaining arguments as :func:`solve`/:func:`knn`.
     """
-    _, index, nn_d2 = knn(targets, dictionary, k, exclude, metric)  # (M, K)
-    atoms = dictionary[index]  # (M, K, d)
-    coef = solve(targets, atoms, lam, alpha, affine, nonneg)  # (M, K)
-    recon = (coef.unsqueeze(1) @ atoms).squeeze(1)  # (M, d)
-    scale = atoms.pow(2).sum(-1).mean(-1)  # (M,) as in solve: lam is relative to it
-    pen = lam * scale * (alpha * coef.abs().sum(1) + (1 - alpha) / 2 * coef.pow(2).sum(1))
-    return Code(index, coef, targets - recon, nn_d2.sqrt(), pen)
+    parts = []
+    for s in range(0, targets.shape[0], chunk):
+        rows = slice(s, s + chunk)
+        y = targets[rows]  # (m, d)
+        sub = None if exclude is None else (lambda r, o=s: exclude(slice(o + r.start, o + r.stop)))
+        _, index, nn_d2 = knn(y, dictionary, k, sub, metric)  # (m, K)
+        atoms = dictionary[index]  # (m, K, d)
+        coef = solve(y, atoms, lam, alpha, affine, nonneg)  # (m, K)
+        recon = (coef.unsqueeze(1) @ atoms).squeeze(1)  # (m, d)
+        scale = atoms.pow(2).sum(-1).mean(-1)  # (m,) as in solve: lam is relative to it
+        pen = lam * scale * (alpha * coef.abs().sum(1) + (1 - alpha) / 2 * coef.pow(2).sum(1))
+        parts.append(Code(index, coef, y - recon, nn_d2.sqrt(), pen))
+    return Code(*(torch.cat(f) for f in zip(*(astuple_shallow(p) for p in parts), strict=True)))
+
+
+def astuple_shallow(c: Code) -> tuple[torch.Tensor, ...]:
+    """The fields of a :class:`Code` in order (dataclasses.astuple would deep-copy)."""
+    return (c.index, c.coef, c.residual, c.nn_dist, c.penalty)
 
 
 def self_expression(
