@@ -30,6 +30,7 @@ class Config:
 
     backbone: str = "auto"  # preset name; "auto": wrn50 when the Hub answers, else lite0
     size: int = 256  # pixel budget: images keep their aspect ratio at about size x size pixels
+    keep_aspect: bool = True  # False: squash every image to size x size
     method: str = "sgfr"  # primary scorer: "sgfr" (reconstruction) or "knn" (nearest neighbour)
     k: int = 32  # support: each feature is coded over its K nearest atoms
     support: str = "l2"  # nearness for the support: "l2", or "cosine" (scaled copies are near)
@@ -135,7 +136,8 @@ class Detector:
     # ---------------------------------------------------------------- features
     def features(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         """Images -> one (d, h_i, w_i) feature map each (the expensive, backbone part)."""
-        return feats.extract(self.backbone, images, self.config.size)
+        c = self.config
+        return feats.extract(self.backbone, images, c.size, keep_aspect=c.keep_aspect)
 
     def _rows(self, maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Feature maps -> (sum h_i*w_i, d) patch rows and each map's (h, w) grid."""

@@ -32,12 +32,18 @@ def stages(backbone: Backbone) -> list[Stage]:
     return out
 
 
-def working_size(size: tuple[int, int], budget: int, multiple: int) -> tuple[int, int]:
+def working_size(
+    size: tuple[int, int], budget: int, multiple: int, keep_aspect: bool = True
+) -> tuple[int, int]:
     """(W, H) of an image -> (w, h) with the same aspect ratio and about budget**2 pixels.
 
     Keeping the aspect ratio keeps small defects (and the product's geometry) undistorted;
-    sides are multiples of ``multiple`` so every stage's grid divides evenly.
+    sides are multiples of ``multiple`` so every stage's grid divides evenly. Without it,
+    every image becomes budget x budget.
     """
+    if not keep_aspect:
+        side = max(multiple, round(budget / multiple) * multiple)
+        return side, side
     w, h = size
     s = budget / math.sqrt(w * h)
     return (
@@ -71,13 +77,17 @@ def aggregate(maps: Sequence[torch.Tensor]) -> torch.Tensor:
 
 @torch.inference_mode()
 def extract(
-    backbone: Backbone, images: Sequence[Image.Image], budget: int, batch: int = 8
+    backbone: Backbone,
+    images: Sequence[Image.Image],
+    budget: int,
+    batch: int = 8,
+    keep_aspect: bool = True,
 ) -> list[torch.Tensor]:
     """PIL images -> one (d, h, w) float32 feature map each, at the working size of each image.
 
     Images of equal working size are batched together (the usual case), at most ``batch``.
     """
-    sizes = [working_size(im.size, budget, backbone.multiple) for im in images]
+    sizes = [working_size(im.size, budget, backbone.multiple, keep_aspect) for im in images]
     out: list[torch.Tensor | None] = [None] * len(images)
     for size in dict.fromkeys(sizes):
         idx = [i for i, s in enumerate(sizes) if s == size]
