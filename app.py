@@ -28,6 +28,8 @@ _probe = threading.Thread(target=lambda: _status.update(availability()), daemon=
 _probe.start()
 
 import gradio as gr  # noqa: E402
+from gradio import processing_utils  # noqa: E402
+from gradio.data_classes import ListFiles  # noqa: E402
 
 from subspace import session as ss  # noqa: E402
 from subspace import viz  # noqa: E402
@@ -93,22 +95,44 @@ def friendly(fn):
 
 
 class QueryImage(gr.Image):
-    """``gr.Image`` whose undecodable uploads get a clear message: gradio opens them itself
-    before any handler runs, and would otherwise answer with a bare "Error"."""
+    """``gr.Image`` that hands the uploaded file to the handler as it is. gradio's own
+    preprocess decodes and re-saves every image that is not 8-bit RGB before any handler runs:
+    16-bit data clipped, transparency dropped onto black, and a few-KB PNG of 80 megapixels
+    decoded in full before the loader's pixel limit could refuse it from its header."""
 
     is_template = True  # same front-end component as gr.Image
 
     def preprocess(self, payload):
+        if payload is None:
+            return None
+        name = payload.orig_name or "the upload"
         try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
+            if payload.url and payload.url.startswith("data:"):  # base64 from an API client
+                path = processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE, name)
+            else:
+                path = payload.path
+            ss.check_upload(path, f"query {name!r}")  # the header only: nothing is decoded
+        except ImageError as err:
+            raise gr.Error(str(err), print_exception=False) from None
         except Exception:
-            name = getattr(payload, "orig_name", None) or "the upload"
             raise gr.Error(
-                f"{name!r} is not a readable image; upload a PNG, JPEG, BMP, TIFF or WebP file.",
+                f"{name!r} could not be received; please upload the image again.",
                 print_exception=False,
             ) from None
+        return path
+
+
+class ReferenceFiles(gr.File):
+    """``gr.File`` that passes the uploaded paths on. gradio's own preprocess leaves an empty
+    temporary file in its cache per file and per event, which nothing ever deletes; and the
+    loader names a non-image more precisely than gradio's file-type check."""
+
+    is_template = True  # same front-end component as gr.File
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        return [f.path for f in (payload.root if isinstance(payload, ListFiles) else [payload])]
 
 
 def _session(state) -> ss.Session:
@@ -208,7 +232,8 @@ def inspect(x: float, y: float, state):
     if session.result is None:
         gr.Warning("Run the detector first, then click a patch.")
         return gr.skip()
-    session.result.patch = session.result.pred.patch_at(float(x), float(y))
+    x, y = ss.finite(x, "The patch's x coordinate"), ss.finite(y, "The patch's y coordinate")
+    session.result.patch = session.result.pred.patch_at(x, y)
     v = ss.views(session.result)
     numbers = ss.scores(session.result, session.result.threshold)
     return (v["query"], v["sgfr"], v["knn"], v["mask"], *_explain(session), numbers, session)
@@ -230,7 +255,7 @@ def set_threshold(threshold: float, state):
     session = _session(state)
     if session.result is None or threshold is None:
         return gr.skip()
-    session.result.threshold = float(threshold)
+    session.result.threshold = ss.finite(threshold, "The threshold")
     return ss.views(session.result, only_mask=True)["mask"], *_numbers(session), session
 
 
@@ -243,7 +268,7 @@ with gr.Blocks(
     gr.HTML(HEADER, elem_id="header", js_on_load=None)
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
-            refs_in = gr.File(
+            refs_in = ReferenceFiles(
                 label=f"1 · Normal reference images (1–{ss.MAX_REFERENCES}, defect-free)",
                 file_count="multiple", file_types=["image"], height=150, elem_id="refs",
             )  # fmt: skip
@@ -382,6 +407,8 @@ def launch_kwargs() -> dict:
     return dict(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         max_file_size=MAX_FILE_BYTES,
+        show_error=True,  # API callers see why a call was refused (wrong type, missing value)
+        state_session_capacity=ss.MAX_SESSIONS,  # bounds the memory all visitors hold
         theme=THEME,
         css=viz.CSS,
         footer_links=["api", "gradio"],
@@ -391,5 +418,6 @@ def launch_kwargs() -> dict:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.chdir(ROOT)  # gradio serves returned example files only from the working directory
+    ss.tune_allocator()  # before the worker threads: keeps RSS flat over many runs
     ss.warm_up(ss.choose_backbone(DEFAULT_BACKBONE, STATUS)[0], after=lambda: demo.is_running)
     demo.launch(**launch_kwargs())
