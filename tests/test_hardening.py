@@ -253,6 +253,19 @@ def test_query_upload_is_not_decoded_before_the_handler(app_module, files):
     assert time.perf_counter() - t0 < 0.5
 
 
+def test_base64_query_from_an_api_client_is_kept_byte_for_byte(app_module, files):
+    import base64
+
+    query = _component(app_module, "query")
+    data = files["odd"]["16bit"].read_bytes()
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    path = query.preprocess(ImageData(path=None, url=url, orig_name="deep.png"))
+    assert Path(path).read_bytes() == data
+    pdf = "data:image/png;base64," + base64.b64encode(b"%PDF-1.7\n%%EOF").decode()
+    with pytest.raises(gr.Error, match="PDF"):
+        query.preprocess(ImageData(path=None, url=pdf, orig_name="scan.png"))
+
+
 @pytest.mark.parametrize("kind", ["gray", "alpha", "palette", "16bit", "cmyk", "gif", "exif"])
 def test_odd_modes_reach_the_handler_as_the_loader_reads_them(app_module, files, kind):
     path = files["odd"][kind]
