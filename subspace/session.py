@@ -117,8 +117,8 @@ def read_bytes(path: str | os.PathLike, label: str) -> bytes:
         raise ImageError(f"{label}: the upload could not be read; please upload it again.") from err
     if n > MAX_FILE_BYTES:
         raise ImageError(
-            f"{label} is {n / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB "
-            "per image. Please upload a smaller file."
+            f"{label}: the file is {n / 2**20:.1f} MB, over the {MAX_FILE_BYTES / 2**20:.0f} MB "
+            "limit per image; upload a smaller or more compressed image (e.g. JPEG)."
         )
     return path.read_bytes()
 
