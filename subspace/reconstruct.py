@@ -13,7 +13,7 @@ L2-normalised features and for any backbone.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -177,12 +177,7 @@ def code(
         scale = atoms.pow(2).sum(-1).mean(-1)  # (m,) as in solve: lam is relative to it
         pen = lam * scale * (alpha * coef.abs().sum(1) + (1 - alpha) / 2 * coef.pow(2).sum(1))
         parts.append(Code(index, coef, y - recon, nn_d2.sqrt(), pen))
-    return Code(*(torch.cat(f) for f in zip(*(astuple_shallow(p) for p in parts), strict=True)))
-
-
-def astuple_shallow(c: Code) -> tuple[torch.Tensor, ...]:
-    """The fields of a :class:`Code` in order (dataclasses.astuple would deep-copy)."""
-    return (c.index, c.coef, c.residual, c.nn_dist, c.penalty)
+    return Code(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Code)))
 
 
 def self_expression(
