@@ -17,6 +17,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import functools  # noqa: E402
 import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -419,5 +421,8 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.chdir(ROOT)  # gradio serves returned example files only from the working directory
     ss.tune_allocator()  # before the worker threads: keeps RSS flat over many runs
+    # SIGTERM (Spaces, CI) ends it through a normal interpreter exit rather than a kill, so
+    # the visitors' bundle folders are removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     ss.warm_up(ss.choose_backbone(DEFAULT_BACKBONE, STATUS)[0], after=lambda: demo.is_running)
     demo.launch(**launch_kwargs())

@@ -8,12 +8,10 @@ every wait in time. The load test here is the short form of ``benchmarks/load_te
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import math
 import os
 import re
-import sys
 import threading
 import time
 import zipfile
@@ -21,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import load_test
 import numpy as np
 import pytest
 from PIL import Image
@@ -28,9 +27,6 @@ from PIL import Image
 from subspace import session as ss
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("load_test", ROOT / "benchmarks" / "load_test.py")
-load_test = sys.modules.setdefault("load_test", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(load_test)
 
 SYNTHETIC = ROOT / "examples" / "synthetic"
 BALLSCREW = ROOT / "examples" / "ballscrew"
@@ -343,8 +339,8 @@ def test_server_listens_on_loopback_only(server):
     ],
 )
 def test_file_routes_refuse_paths_outside_the_apps_files(server, path):
-    url, _, _ = server
-    path = path.format(root=ROOT, cache=load_test.gradio_cache())
+    url, _, pid = server
+    path = path.format(root=ROOT, cache=load_test.gradio_cache(pid))
     r = httpx.get(url + path, timeout=30)
     assert r.status_code in (400, 403, 404), (path, r.status_code)
     assert "root:" not in r.text and "import gradio" not in r.text and "HOME=" not in r.text
@@ -524,3 +520,25 @@ def test_allocator_is_tuned_where_glibc_runs_the_server():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert ss.tune_allocator()
+
+
+def test_stopping_the_server_removes_the_visitors_files(tmp_path, monkeypatch):
+    """SIGTERM (how a Space or a terminal stops the app) is a normal exit: every visitor's
+    result bundles are removed, not left behind in the temporary folder."""
+    from gradio_client import Client, handle_file
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # this server's tempfile.gettempdir()
+    proc, url = load_test.start_server(tmp_path / "server.log", tmp_path / "gradio")
+    try:
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+        refs = [handle_file(p) for p in _files(SYNTHETIC / "normal", 3)]
+        query = handle_file(str(SYNTHETIC / "query" / "000_scratch.png"))
+        client.predict(refs=refs, query=query, backbone="lite0", api_name="/detect")
+        bundle = Path(client.predict(api_name="/bundle"))
+        folders = list((tmp_path / "subspace-app").iterdir())
+        assert len(folders) == 1 and any(folders[0].glob("*.zip")), folders
+        assert bundle.exists()  # the client's own copy
+    finally:
+        load_test.stop_server(proc)
+    assert proc.returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
+    assert not folders[0].exists()
