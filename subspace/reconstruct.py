@@ -98,24 +98,25 @@ def solve(
     """
     if not 0.0 <= alpha <= 1.0 or lam < 0:
         raise ValueError(f"need lam >= 0 and 0 <= alpha <= 1, got lam={lam}, alpha={alpha}")
-    m, k, _ = atoms.shape
+    k = atoms.shape[1]
     gram = atoms @ atoms.transpose(1, 2)  # (M, K, K)
-    b = (atoms @ y.unsqueeze(-1)).squeeze(-1)  # (M, K)
+    b = (y.unsqueeze(1) @ atoms.transpose(1, 2)).squeeze(1)  # (M, K), row form: fast on CPU
     scale = gram.diagonal(dim1=1, dim2=2).mean(1, keepdim=True).clamp_min(1e-12)  # (M, 1)
     l1 = lam * alpha * scale  # (M, 1)
     l2 = lam * (1 - alpha) * scale + 1e-7 * scale  # tiny jitter keeps A positive definite
     eye = torch.eye(k, dtype=y.dtype, device=y.device)
-    ones = torch.ones(m, k, 1, dtype=y.dtype, device=y.device)
 
     def quadratic_solver(rho: torch.Tensor):
-        a_inv = torch.linalg.inv(gram + (l2 + rho).unsqueeze(-1) * eye)  # (M, K, K) SPD
-        a1 = a_inv @ ones  # (M, K, 1)
+        # Cholesky then its inverse: half the cost of linalg.inv, and exactly symmetric, so
+        # A^-1 q is computed as the row product q^T A^-1, ~7x faster than a batched mat-vec.
+        a_inv = torch.cholesky_inverse(torch.linalg.cholesky(gram + (l2 + rho).unsqueeze(-1) * eye))
+        a1 = a_inv.sum(2)  # (M, K) A^-1 1
+        a1_sum = a1.sum(1, keepdim=True)  # (M, 1)
 
         def apply(q: torch.Tensor) -> torch.Tensor:  # argmin of the smooth part (+ affine)
-            c = (a_inv @ q.unsqueeze(-1)).squeeze(-1)  # (M, K)
+            c = (q.unsqueeze(1) @ a_inv).squeeze(1)  # (M, K)
             if affine:
-                nu = (c.sum(1, keepdim=True) - 1) / a1.sum(1)
-                c = c - nu * a1.squeeze(-1)
+                c = c - (c.sum(1, keepdim=True) - 1) / a1_sum * a1
             return c
 
         return apply
@@ -129,14 +130,12 @@ def solve(
     step = quadratic_solver(rho)
     z = step(b)
     u = torch.zeros_like(z)
-    thresh = l1 / rho
+    thresh = l1 / rho  # (M, 1): one threshold per target
     for _ in range(iters):
         c = step(b + rho * (z - u))
         v = c + u
         z_old = z
-        z = torch.sign(v) * (v.abs() - thresh).clamp_min(0)
-        if nonneg:
-            z = (v - thresh).clamp_min(0)
+        z = (v - thresh).clamp_min(0) if nonneg else v - (v.clamp(-thresh, thresh))
         u = v - z
         primal = (c - z).abs().amax()
         dual = (z - z_old).abs().amax()
@@ -166,6 +165,7 @@ def code(
         targets: (M, d). dictionary: (N, d). Remaining arguments as :func:`solve`/:func:`knn`.
     """
     parts = []
+    atom_sq = dictionary.pow(2).sum(1)  # (N,) squared norms: the scale lam is relative to
     for s in range(0, targets.shape[0], chunk):
         rows = slice(s, s + chunk)
         y = targets[rows]  # (m, d)
@@ -174,7 +174,7 @@ def code(
         atoms = dictionary[index]  # (m, K, d)
         coef = solve(y, atoms, lam, alpha, affine, nonneg)  # (m, K)
         recon = (coef.unsqueeze(1) @ atoms).squeeze(1)  # (m, d)
-        scale = atoms.pow(2).sum(-1).mean(-1)  # (m,) as in solve: lam is relative to it
+        scale = atom_sq[index].mean(-1)  # (m,) as in solve: lam is relative to it
         pen = lam * scale * (alpha * coef.abs().sum(1) + (1 - alpha) / 2 * coef.pow(2).sum(1))
         parts.append(Code(index, coef, y - recon, nn_d2.sqrt(), pen))
     return Code(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Code)))
