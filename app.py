@@ -22,7 +22,7 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from subspace.backbone import availability  # noqa: E402
+from subspace.presets import availability  # noqa: E402
 
 _status: dict[str, str] = {}
 # The Hub probe takes up to 3 s offline: run it while gradio and the example sets load.

@@ -20,14 +20,18 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from . import viz
-from .backbone import DEFAULT_HUB, FALLBACK, PRESETS, Backbone, load_backbone
 from .data import _FORMATS, MAX_FILE_BYTES, ImageError, load_image, load_mask
-from .detector import Config, Detector, Prediction
+from .presets import DEFAULT_HUB, FALLBACK, PRESETS
+
+if TYPE_CHECKING:  # torch and timm load on first use: the app's page is up seconds sooner
+    from .backbone import Backbone
+    from .detector import Detector, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,8 @@ _BACKBONE_LOCK = threading.Lock()
 
 def get_backbone(name: str) -> Backbone:
     """The shared, read-only backbone of preset ``name``, loaded once per process."""
+    from .backbone import load_backbone
+
     with _BACKBONE_LOCK:
         if name not in _BACKBONES:
             _BACKBONES[name] = load_backbone(name)
@@ -240,6 +246,8 @@ class Session:
         if key in self.fits:
             self.fits.move_to_end(key)
             return self.fits[key], True
+        from .detector import Config, Detector
+
         refs = [load_image(u.data, name=u.label) for u in uploads]  # ImageError if unusable
         config = Config(backbone=backbone, ratio=ratio, sampling=SAMPLING)
         det = Detector(config, backbone=get_backbone(backbone)).fit(refs, progress=progress)
@@ -543,6 +551,7 @@ def warm_up(
     """
 
     def run() -> None:
+        from .detector import Config, Detector
         from .synthetic import texture
 
         t0 = time.perf_counter()

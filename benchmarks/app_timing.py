@@ -1,0 +1,99 @@
+"""What a visitor waits for, measured in a real Chromium against a fresh ``python app.py``.
+
+    python benchmarks/app_timing.py [--runs 3] [--json app_timing.json]
+
+Each run starts the app (bundled backbone, Hub offline, 127.0.0.1), then measures:
+- ``http_ready_s``: process start -> the server answers;
+- ``page_interactive_s``: process start -> the page shows its Run button (in the browser);
+- ``cold_s``: click Run on the ball-screw example -> heat map shown (fit of 6 references +
+  prediction, the first of this visitor);
+- ``warm_s``: click another example query -> its heat map shown (fit reused), 8 times.
+Run it on an otherwise idle machine; it needs Chromium (``CHROMIUM`` or /usr/bin/chromium).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from load_test import start_server, stop_server
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+TIMEOUT_MS = 120_000
+NEW_MAP = """old => { const i = document.querySelector('#out-sgfr img');
+    return i && i.complete && i.naturalWidth > 0 && i.getAttribute('src') !== old }"""
+
+
+def one_run(browser, workdir: Path) -> dict:
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    t0 = time.perf_counter()
+    proc, url = start_server(workdir / "server.log", workdir / "gradio")
+    try:
+        http = time.perf_counter() - t0
+        page.goto(url)
+        page.locator("#run").wait_for(timeout=TIMEOUT_MS)
+        interactive = time.perf_counter() - t0
+
+        def shown() -> str | None:
+            img = page.locator("#out-sgfr img")
+            return img.first.get_attribute("src") if img.count() else None
+
+        page.locator("#example-ballscrew").click()
+        page.locator("#refs-gallery img").nth(5).wait_for(timeout=TIMEOUT_MS)
+        page.locator("#example-queries img").nth(3).wait_for(timeout=TIMEOUT_MS)
+        time.sleep(1.0)  # a visitor looks before clicking
+        t = time.perf_counter()
+        page.locator("#run").click()
+        page.wait_for_function(NEW_MAP, arg=None, timeout=TIMEOUT_MS)
+        cold = time.perf_counter() - t
+        page.locator("#dims img").wait_for(timeout=TIMEOUT_MS)
+        warm = []
+        for i in [0, 1, 2, 3] * 2:
+            time.sleep(0.8)
+            old = shown()
+            t = time.perf_counter()
+            page.locator("#example-queries img").nth(i).click()
+            page.wait_for_function(NEW_MAP, arg=old, timeout=TIMEOUT_MS)
+            warm.append(time.perf_counter() - t)
+    finally:
+        page.close()
+        stop_server(proc)
+    return dict(
+        http_ready_s=round(http, 2),
+        page_interactive_s=round(interactive, 2),
+        cold_s=round(cold, 2),
+        warm_median_s=round(statistics.median(warm), 2),
+        warm_max_s=round(max(warm), 2),
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3, help="fresh app starts to measure")
+    ap.add_argument("--json", type=Path, help="also write the runs and their medians here")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    runs = []
+    with sync_playwright() as pw, tempfile.TemporaryDirectory() as tmp:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for i in range(args.runs):
+            work = Path(tmp) / f"run{i}"
+            work.mkdir()
+            runs.append(one_run(browser, work))
+            print(json.dumps(runs[-1]), flush=True)
+        browser.close()
+    median = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+    print("median over runs:", json.dumps(median))
+    if args.json:
+        args.json.write_text(json.dumps(dict(runs=runs, median=median), indent=1))
+
+
+if __name__ == "__main__":
+    main()
