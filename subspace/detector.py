@@ -200,15 +200,14 @@ class Detector:
         self.n_full, self.ref_sizes = rows.shape[0], list(sizes)
         keep = torch.arange(self.n_full)
         if c.ratio < 1.0:
-            usage = None
+            codes = None
             if c.sampling == "usage":
                 say(0.35, "learning subspaces (self-expression)")
-                coded = reconstruct.self_expression(
+                codes = reconstruct.self_expression(
                     rows, c.k, c.lam, c.alpha, c.affine, c.nonneg, c.support
                 )
-                usage = reconstruct.usage(coded, self.n_full)
             say(0.55, f"sampling the bank ({c.sampling}, {c.ratio:.0%})")
-            keep = make_sampler(c.sampling, c.ratio, c.seed).run(rows, usage)
+            keep = make_sampler(c.sampling, c.ratio, c.seed).run(rows, codes)
         self.bank, self.positions = rows[keep].contiguous(), pos[keep].contiguous()
         say(0.7, "calibrating (leave-one-out)")
         self._calibrate(rows, pos, len(maps), keep)

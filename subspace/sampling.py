@@ -1,6 +1,7 @@
 """Bank reduction: usage-based sampling (ours), random and greedy k-center coreset (PatchCore).
 
-Each sampler has one method, ``run(bank, usage=None) -> (n_keep,) int64 row indices``.
+Each sampler has one method, ``run(bank, codes=None) -> (n_keep,) int64 row indices``; only
+usage sampling needs ``codes``, the self-expression of the bank.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .reconstruct import Code
 
 
 def budget(n: int, ratio: float) -> int:
@@ -19,15 +22,42 @@ def budget(n: int, ratio: float) -> int:
 
 @dataclass(frozen=True)
 class UsageSampler:
-    """Keep the atoms the self-expressive codes use most (u_j = sum_i |c_ij|)."""
+    """Keep the atoms the self-expressive codes use most, greedily, without redundancy.
+
+    The usage of atom j is u_j = sum_i |c_ij| over the codes c_i of all bank atoms. Plain
+    top-usage picks crowd into dense regions: many atoms there are used for the same
+    patches. So selection is greedy in rounds: an atom's gain is its usage by the atoms not
+    yet served, where keeping j serves atom i by the share |c_ij| / |c_i|_1 of i's code and
+    serves j itself fully. The first round is exactly top-usage.
+    """
 
     ratio: float
+    rounds: int = 50  # gains are recomputed this many times (each round keeps 1/rounds)
 
-    def run(self, bank: torch.Tensor, usage: torch.Tensor | None = None) -> torch.Tensor:
-        """bank (N, d), usage (N,) -> kept row indices, most used first."""
-        if usage is None:
-            raise ValueError("usage sampling needs the self-expression usage scores")
-        return torch.topk(usage, budget(bank.shape[0], self.ratio)).indices
+    def run(self, bank: torch.Tensor, codes: Code | None = None) -> torch.Tensor:
+        """bank (N, d), codes: the self-expression of the bank -> kept rows, in pick order."""
+        if codes is None:
+            raise ValueError("usage sampling needs the self-expressive codes of the bank")
+        n, keep = bank.shape[0], budget(bank.shape[0], self.ratio)
+        weight = codes.coef.abs()  # (N, K) |c_ij| over each atom's support
+        mass = weight.sum(1).clamp_min(1e-12)  # (N,) |c_i|_1
+        share = weight / mass[:, None]  # what each support atom carries of the code
+        flat = codes.index.reshape(-1)
+        chosen = torch.zeros(n, dtype=torch.bool)
+        order: list[torch.Tensor] = []
+        served = torch.zeros(n, dtype=weight.dtype)
+        step = max(1, -(-keep // self.rounds))
+        while (done := sum(len(o) for o in order)) < keep:
+            open_ = (1 - served).clamp_min(0)  # (N,) how much of each atom is still unserved
+            gain = torch.zeros(n, dtype=weight.dtype)
+            gain.index_add_(0, flat, (weight * open_[:, None]).reshape(-1))
+            gain += mass.mean() * open_  # keeping j serves j itself
+            gain[chosen] = -1.0
+            pick = torch.topk(gain, min(step, keep - done)).indices
+            chosen[pick] = True
+            order.append(pick)
+            served = torch.where(chosen, 1.0, (share * chosen[codes.index]).sum(1))
+        return torch.cat(order)
 
 
 @dataclass(frozen=True)
@@ -37,7 +67,7 @@ class RandomSampler:
     ratio: float
     seed: int = 0
 
-    def run(self, bank: torch.Tensor, usage: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, bank: torch.Tensor, codes: Code | None = None) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed)
         return torch.randperm(bank.shape[0], generator=g)[: budget(bank.shape[0], self.ratio)]
 
@@ -53,7 +83,7 @@ class CoresetSampler:
     seed: int = 0
     proj_dim: int = 128
 
-    def run(self, bank: torch.Tensor, usage: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, bank: torch.Tensor, codes: Code | None = None) -> torch.Tensor:
         n, d = bank.shape
         keep = budget(n, self.ratio)
         g = torch.Generator().manual_seed(self.seed)

@@ -1,0 +1,62 @@
+"""Bank samplers: usage (greedy over the self-expressive codes), random, k-center coreset."""
+
+import pytest
+import torch
+
+from subspace.reconstruct import self_expression, usage
+from subspace.sampling import UsageSampler, budget, make_sampler
+
+SIZES = (400, 200, 100, 50, 25)  # points per cluster
+CLUSTER = torch.repeat_interleave(torch.arange(len(SIZES)), torch.tensor(SIZES))
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """Five clusters of very different sizes in 16-D, and the bank's self-expression."""
+    g = torch.Generator().manual_seed(0)
+    centres = 6 * torch.randn(len(SIZES), 16, generator=g)
+    parts = [c + torch.randn(n, 16, generator=g) for c, n in zip(centres, SIZES, strict=True)]
+    bank = torch.cat(parts)
+    return bank, self_expression(bank, 16, lam=0.1, alpha=0.5, affine=True)
+
+
+def served(keep: torch.Tensor, codes, n: int) -> float:
+    """Share of the bank that is kept or has a kept atom carrying part of its code."""
+    kept = torch.zeros(n, dtype=torch.bool)
+    kept[keep] = True
+    uses_kept = ((codes.coef.abs() > 0) & kept[codes.index]).any(1)
+    return float((kept | uses_kept).float().mean())
+
+
+def test_usage_sampling_starts_with_the_most_used_atoms(clustered):
+    bank, codes = clustered
+    sampler = UsageSampler(0.1, rounds=4)
+    keep = sampler.run(bank, codes)
+    first = keep[: -(-budget(len(bank), 0.1) // 4)]
+    top = torch.topk(usage(codes, len(bank)), len(first)).indices
+    assert set(first.tolist()) == set(top.tolist())
+
+
+def test_usage_sampling_serves_more_of_the_bank_than_top_usage(clustered):
+    """Greedy rounds skip atoms whose users are already served: less redundancy."""
+    bank, codes = clustered
+    n = len(bank)
+    for ratio in (0.05, 0.1):
+        keep = UsageSampler(ratio).run(bank, codes)
+        assert len(keep) == len(set(keep.tolist())) == budget(n, ratio)
+        top = torch.topk(usage(codes, n), budget(n, ratio)).indices
+        assert served(keep, codes, n) > served(top, codes, n) + 0.05
+    assert set(CLUSTER[keep].tolist()) == set(range(len(SIZES)))  # at 10 %: every cluster kept
+    assert set(CLUSTER[top].tolist()) != set(range(len(SIZES)))  # top usage misses the small
+
+
+@pytest.mark.parametrize("name", ["usage", "random", "coreset"])
+def test_samplers_keep_the_budget_of_distinct_rows(clustered, name):
+    bank, codes = clustered
+    keep = make_sampler(name, 0.1, seed=1).run(bank, codes)
+    assert keep.dtype == torch.int64 and len(set(keep.tolist())) == budget(len(bank), 0.1)
+
+
+def test_usage_sampling_needs_the_codes(clustered):
+    with pytest.raises(ValueError, match="self-expressive codes"):
+        UsageSampler(0.1).run(clustered[0])
