@@ -47,7 +47,7 @@ SUBSET_SEED = 0  # --max-test subset: fixed, so every seed and method sees the s
 CHOICES = {
     "backbone": ("auto", *PRESETS),
     "method": METHODS,
-    "sampling": ("usage", "random", "coreset"),
+    "sampling": ("usage", "usage-top", "random", "coreset"),
     "image_score": ("max", "top1"),
 }
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}

@@ -42,7 +42,7 @@ class Config:
     standardize: bool = False  # divide residuals per dimension by their spread on normal patches
     # "relative": ||r|| over the leave-one-out residual of the atoms that rebuilt it
     score: str = "residual"  # patch score: "residual" ||r||, "cost" sqrt(2 J), or "relative"
-    sampling: str = "usage"  # bank reduction: usage (ours), random or coreset
+    sampling: str = "usage"  # bank reduction: usage (greedy), usage-top, random or coreset
     ratio: float = 1.0  # share of the bank kept by sampling
     sigma: float = 4.0  # map blur in pixels at 256 px
     image_score: str = "max"  # image score from the map: "max" or "top1" (mean of top 1 %)
@@ -53,7 +53,7 @@ class Config:
         choices = dict(
             method=("sgfr", "knn"),
             support=("l2", "cosine"),
-            sampling=("usage", "random", "coreset"),
+            sampling=("usage", "usage-top", "random", "coreset"),
             image_score=("max", "top1"),
             score=("residual", "cost", "relative"),
         )
@@ -201,7 +201,7 @@ class Detector:
         keep = torch.arange(self.n_full)
         if c.ratio < 1.0:
             codes = None
-            if c.sampling == "usage":
+            if c.sampling.startswith("usage"):
                 say(0.35, "learning subspaces (self-expression)")
                 codes = reconstruct.self_expression(
                     rows, c.k, c.lam, c.alpha, c.affine, c.nonneg, c.support

@@ -100,11 +100,13 @@ class CoresetSampler:
 
 
 def make_sampler(name: str, ratio: float, seed: int = 0):
-    """Sampler by name: ``usage``, ``random`` or ``coreset``."""
+    """Sampler by name: ``usage``, ``usage-top`` (one round), ``random`` or ``coreset``."""
     if name == "usage":
         return UsageSampler(ratio)
+    if name == "usage-top":  # METHOD.md's literal rule: the top ``ratio`` share by usage
+        return UsageSampler(ratio, rounds=1)
     if name == "random":
         return RandomSampler(ratio, seed)
     if name == "coreset":
         return CoresetSampler(ratio, seed)
-    raise ValueError(f"unknown sampling {name!r}; choose usage, random or coreset")
+    raise ValueError(f"unknown sampling {name!r}; choose usage, usage-top, random or coreset")

@@ -50,7 +50,7 @@ def test_usage_sampling_serves_more_of_the_bank_than_top_usage(clustered):
     assert set(CLUSTER[top].tolist()) != set(range(len(SIZES)))  # top usage misses the small
 
 
-@pytest.mark.parametrize("name", ["usage", "random", "coreset"])
+@pytest.mark.parametrize("name", ["usage", "usage-top", "random", "coreset"])
 def test_samplers_keep_the_budget_of_distinct_rows(clustered, name):
     bank, codes = clustered
     keep = make_sampler(name, 0.1, seed=1).run(bank, codes)
