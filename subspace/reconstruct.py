@@ -58,17 +58,19 @@ def knn(
         q = queries[s : s + chunk]  # (m, d)
         q_sq = q.pow(2).sum(1, keepdim=True)  # (m, 1)
         # One fused pass and in-place updates: the (m, N) matrix is the memory hot spot.
-        d2 = torch.addmm(bank_sq.expand(q.shape[0], -1), q, bank.T, alpha=-2).add_(q_sq)
-        d2.clamp_min_(0)
+        # |b|^2 - 2 q.b ranks a row's atoms as |q - b|^2 does; |q|^2 is added to the K kept.
+        d2 = torch.addmm(bank_sq.expand(q.shape[0], -1), q, bank.T, alpha=-2)
         if exclude is not None:
             d2.masked_fill_(exclude(slice(s, s + q.shape[0])), float("inf"))
         if metric == "cosine":
+            d2.add_(q_sq).clamp_min_(0)
             dot = (q_sq + bank_sq - d2) / 2  # recovered from d2; excluded atoms stay inf
             dist = 1 - dot / (q_sq.sqrt() * bank_sq.sqrt()).clamp_min(1e-12)
             v, i = torch.topk(dist, k, dim=1, largest=False)
             nearest = d2.argmin(1)
         else:
             v, i = torch.topk(d2, k, dim=1, largest=False)
+            v = (v + q_sq).clamp_min_(0)
             nearest = i[:, 0]
         # Exact distance to the nearest: the expansion above cancels badly for near copies.
         nn.append((q - bank[nearest]).pow(2).sum(1))
