@@ -176,7 +176,7 @@ def _machine() -> str:
         pass
     return (
         f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), timm {timm.__version__}, "
+        f"({torch.get_num_threads()} torch thread(s)), timm {timm.__version__}, "
         f"Python {platform.python_version()}, {platform.system()}"
     )
 
