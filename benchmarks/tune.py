@@ -57,6 +57,8 @@ VARIANTS: dict[str, dict] = {
     "lasso K=64 lam=.03 affine": dict(alpha=1.0, lam=0.03, k=64),
     "lasso K=32 lam=.1 affine": dict(alpha=1.0, lam=0.1, k=32),
     "lasso K=64 lam=.1 affine": dict(alpha=1.0, lam=0.1, k=64),
+    "ridge K=64 lam=1 affine": dict(alpha=0.0, k=64, lam=1.0),
+    "ridge K=64 lam=.3 affine": dict(alpha=0.0, k=64, lam=0.3),
     "elastic net K=16 sigma=2": dict(sigma=2.0),
     "elastic net K=16 sigma=8": dict(sigma=8.0),
 }
