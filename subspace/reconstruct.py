@@ -195,7 +195,11 @@ def self_expression(
     return code(bank, bank, k, lam, alpha, affine, nonneg, exclude=not_self, metric=metric)
 
 
-def usage(coded: Code, n_atoms: int) -> torch.Tensor:
-    """(N,) u_j = sum_i |c_ij|: how much each atom is used to express the others."""
+def usage(coded: Code, n_atoms: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) u_j = sum_i w_i |c_ij|: how much each atom is used to express the others.
+
+    ``weight``: optional (M,) w_i per code (default 1), e.g. how much of target i still counts.
+    """
+    contrib = coded.coef.abs() if weight is None else coded.coef.abs() * weight[:, None]
     u = torch.zeros(n_atoms, dtype=coded.coef.dtype)
-    return u.index_add_(0, coded.index.reshape(-1), coded.coef.abs().reshape(-1))
+    return u.index_add_(0, coded.index.reshape(-1), contrib.reshape(-1))

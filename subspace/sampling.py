@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .reconstruct import Code
+from .reconstruct import Code, usage
 
 
 def budget(n: int, ratio: float) -> int:
@@ -39,23 +39,21 @@ class UsageSampler:
         if codes is None:
             raise ValueError("usage sampling needs the self-expressive codes of the bank")
         n, keep = bank.shape[0], budget(bank.shape[0], self.ratio)
-        weight = codes.coef.abs()  # (N, K) |c_ij| over each atom's support
-        mass = weight.sum(1).clamp_min(1e-12)  # (N,) |c_i|_1
-        share = weight / mass[:, None]  # what each support atom carries of the code
-        flat = codes.index.reshape(-1)
+        mass = codes.coef.abs().sum(1).clamp_min(1e-12)  # (N,) |c_i|_1
+        share = codes.coef.abs() / mass[:, None]  # (N, K) what each support atom carries
+        self_gain = mass.mean()  # keeping j serves j itself, like a typical code
         chosen = torch.zeros(n, dtype=torch.bool)
+        served = torch.zeros(n, dtype=mass.dtype)  # (N,) how much of each atom is served
         order: list[torch.Tensor] = []
-        served = torch.zeros(n, dtype=weight.dtype)
-        step = max(1, -(-keep // self.rounds))
-        while (done := sum(len(o) for o in order)) < keep:
-            open_ = (1 - served).clamp_min(0)  # (N,) how much of each atom is still unserved
-            gain = torch.zeros(n, dtype=weight.dtype)
-            gain.index_add_(0, flat, (weight * open_[:, None]).reshape(-1))
-            gain += mass.mean() * open_  # keeping j serves j itself
+        step, done = max(1, -(-keep // self.rounds)), 0
+        while done < keep:
+            unserved = (1 - served).clamp_min(0)
+            gain = usage(codes, n, unserved) + self_gain * unserved
             gain[chosen] = -1.0
             pick = torch.topk(gain, min(step, keep - done)).indices
             chosen[pick] = True
             order.append(pick)
+            done += len(pick)
             served = torch.where(chosen, 1.0, (share * chosen[codes.index]).sum(1))
         return torch.cat(order)
 
