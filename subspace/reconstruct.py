@@ -108,41 +108,48 @@ def solve(
     l2 = lam * (1 - alpha) * scale + 1e-7 * scale  # tiny jitter keeps A positive definite
     eye = torch.eye(k, dtype=y.dtype, device=y.device)
 
-    def quadratic_solver(rho: torch.Tensor):
-        # Cholesky then its inverse: half the cost of linalg.inv, and exactly symmetric, so
-        # A^-1 q is computed as the row product q^T A^-1, ~7x faster than a batched mat-vec.
-        a_inv = torch.cholesky_inverse(torch.linalg.cholesky(gram + (l2 + rho).unsqueeze(-1) * eye))
-        a1 = a_inv.sum(2)  # (M, K) A^-1 1
+    def quadratic_solver(rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """(mat, shift): argmin of the smooth part (+ affine) for linear term q is q mat + shift.
+
+        Cholesky then its inverse: half the cost of linalg.inv and exactly symmetric, so the
+        product is taken in row form, q^T mat (much faster on CPU than a batched mat-vec).
+        The affine projection is linear too and is folded into mat once.
+        """
+        mat = torch.cholesky_inverse(torch.linalg.cholesky(gram + (l2 + rho).unsqueeze(-1) * eye))
+        if not affine:
+            return mat, 0.0
+        a1 = mat.sum(2)  # (M, K) A^-1 1
         a1_sum = a1.sum(1, keepdim=True)  # (M, 1)
+        mat = mat - a1.unsqueeze(2) * (a1 / a1_sum).unsqueeze(1)  # A^-1 - a1 a1^T / 1^T a1
+        return mat, a1 / a1_sum
 
-        def apply(q: torch.Tensor) -> torch.Tensor:  # argmin of the smooth part (+ affine)
-            c = (q.unsqueeze(1) @ a_inv).squeeze(1)  # (M, K)
-            if affine:
-                c = c - (c.sum(1, keepdim=True) - 1) / a1_sum * a1
-            return c
-
-        return apply
+    def apply(q: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
+        return (q.unsqueeze(1) @ mat).squeeze(1)
 
     if alpha == 0 and not nonneg:  # ridge: one linear solve is exact
-        return quadratic_solver(torch.zeros_like(scale))(b)
+        mat, shift = quadratic_solver(torch.zeros_like(scale))
+        return apply(b, mat) + shift
 
     # ADMM on c = z: c-step quadratic (+ affine), z-step soft-threshold (+ clamp at 0).
     # Step size measured on real features: ~50 iterations to 1e-5 for the default elastic net.
     rho = scale * min(max(3 * lam, 0.05), 1.0)
-    step = quadratic_solver(rho)
-    z = step(b)
+    mat, shift = quadratic_solver(rho)
+    base = apply(b, mat) + shift  # c-step = base + rho (z - u) mat
+    mat.mul_(rho.unsqueeze(-1))
+    z = base
     u = torch.zeros_like(z)
     thresh = l1 / rho  # (M, 1): one threshold per target
-    for _ in range(iters):
-        c = step(b + rho * (z - u))
+    for it in range(iters):
+        c = base + apply(z - u, mat)
         v = c + u
         z_old = z
-        z = (v - thresh).clamp_min(0) if nonneg else v - (v.clamp(-thresh, thresh))
+        z = (v - thresh).clamp_min(0) if nonneg else v - v.clamp(-thresh, thresh)
         u = v - z
-        primal = (c - z).abs().amax()
-        dual = (z - z_old).abs().amax()
-        if max(primal, dual) <= tol * max(1.0, z.abs().amax()):
-            break
+        if it % 5 == 4:  # convergence checks cost as much as an iteration: every 5th only
+            primal = (c - z).abs().amax()
+            dual = (z - z_old).abs().amax()
+            if max(primal, dual) <= tol * max(1.0, z.abs().amax()):
+                break
     return z
 
 
