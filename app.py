@@ -419,6 +419,8 @@ def launch_kwargs() -> dict:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if note := ss.hub_note(STATUS):  # said on the page too
+        log.warning(note.replace("**", ""))
     os.chdir(ROOT)  # gradio serves returned example files only from the working directory
     ss.tune_allocator()  # before the worker threads: keeps RSS flat over many runs
     # SIGTERM (Spaces, CI) ends it through a normal interpreter exit rather than a kill, so

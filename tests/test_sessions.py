@@ -523,6 +523,13 @@ def test_allocator_is_tuned_where_glibc_runs_the_server():
     assert ss.tune_allocator()
 
 
+def test_the_offline_fallback_is_logged_at_startup(server):
+    """Whoever starts the app (a terminal, a Space's logs) learns which backbone it falls to."""
+    log = (ROOT / "artifacts" / "app_server.log").read_text()
+    assert "WARNING app: The Hugging Face Hub is unreachable" in log
+    assert "EfficientNet-Lite0" in log
+
+
 def test_stopping_the_server_removes_the_visitors_files(tmp_path, monkeypatch):
     """SIGTERM (how a Space or a terminal stops the app) is a normal exit: every visitor's
     result bundles are removed, not left behind in the temporary folder."""
