@@ -1,6 +1,7 @@
 """Fit and predict timings of the default detector, in-process (run it on an idle machine).
 
     python benchmarks/speed.py ../shared/data/mtd/magnetic_tile [--backbone lite0] [--shots 8]
+        [--stages 2 3 4] [--size 384]
 
 Three fits per setting (median), then the median predict time over 20 test images, for the
 full bank and for usage sampling at 10 %. ``--backbone wrn50`` uses random weights (no download
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+from tune import use_stages  # noqa: E402
 
 from subspace.backbone import load_backbone  # noqa: E402
 from subspace.detector import Config, Detector  # noqa: E402
@@ -31,7 +33,10 @@ def main() -> None:
     ap.add_argument("data", type=Path)
     ap.add_argument("--backbone", default="lite0")
     ap.add_argument("--shots", type=int, default=8)
+    ap.add_argument("--size", type=int, default=Config.size, help="pixel budget")
+    ap.add_argument("--stages", type=int, nargs="+", help="backbone stages (default: preset's)")
     args = ap.parse_args()
+    use_stages(args.backbone, args.stages)
     train = sorted((args.data / "train" / "good").iterdir())
     test = sorted(p for p in (args.data / "test").glob("*/*") if p.is_file())
     pick = np.random.default_rng(0).choice(len(train), args.shots, replace=False)
@@ -41,15 +46,16 @@ def main() -> None:
         for i in np.random.default_rng(1).choice(len(test), 20, replace=False)
     ]
     bb = load_backbone(args.backbone, pretrained=args.backbone == "lite0")
+    stages = "+".join(f"s{r}" for r in bb.reductions)
     weights = "pretrained" if args.backbone == "lite0" else "RANDOM weights (speed only)"
     for ratio in (1.0, 0.1):
-        cfg = Config(backbone=args.backbone, ratio=ratio)
+        cfg = Config(backbone=args.backbone, ratio=ratio, size=args.size)
         fits = [Detector(cfg, bb).fit(refs).fit_seconds for _ in range(3)]
         det = Detector(cfg, bb).fit(refs)
         det.predict(queries[0])  # warm-up
         ms = statistics.median(det.predict(q).seconds for q in queries) * 1000
         print(
-            f"{args.backbone} ({weights}) k={args.shots} ratio={ratio}: "
+            f"{args.backbone} ({weights}) {stages} {args.size} px k={args.shots} ratio={ratio}: "
             f"fit median {statistics.median(fits):.2f} s, predict median {ms:.0f} ms "
             f"(20 images), bank {det.bank_size} rows",
             flush=True,

@@ -1,6 +1,7 @@
 """Sweep SGFR settings on cached backbone features: the evidence behind Config's defaults.
 
     python benchmarks/tune.py ../shared/data/mtd/magnetic_tile --shots 8 --seeds 0 --max-test 200
+    python benchmarks/tune.py ../shared/data/bsdata-examples --shots 6 --stages 2 3 4 --only ...
 
 Features of the references and of the test images are extracted once per input size; each
 variant then refits and rescores from them, so a sweep of dozens of variants takes minutes.
@@ -23,66 +24,89 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from subspace.backbone import load_backbone  # noqa: E402
 from subspace.detector import Config, Detector  # noqa: E402
 from subspace.metrics import evaluate  # noqa: E402
+from subspace.presets import PRESETS  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "default (elastic net K=32, aspect kept)": dict(k=32),
     "default, squashed to 256 x 256": dict(k=32, keep_aspect=False),
-    "elastic net K=16 lam=.1 a=.5 affine": {},
-    "elastic net K=16 non-affine": dict(affine=False),
-    "ridge K=16 affine": dict(alpha=0.0),
+    "elastic net K=16 lam=.1 a=.5 affine": dict(k=16),
+    "elastic net K=16 non-affine": dict(k=16, affine=False),
+    "ridge K=16 affine": dict(k=16, alpha=0.0),
     "ridge K=32 affine": dict(alpha=0.0, k=32),
-    "elastic net K=32 affine": dict(k=32),
     "elastic net K=8 affine": dict(k=8),
-    "elastic net K=16 lam=.01": dict(lam=0.01),
-    "elastic net K=16 lam=.3": dict(lam=0.3),
-    "elastic net K=16 a=.9": dict(alpha=0.9),
-    "elastic net K=16 non-negative": dict(nonneg=True),
-    "elastic net K=16 L2-normalised": dict(normalize=True),
-    "elastic net K=16 standardised residuals": dict(standardize=True),
+    "elastic net K=16 lam=.01": dict(k=16, lam=0.01),
+    "elastic net K=16 lam=.3": dict(k=16, lam=0.3),
+    "elastic net K=16 a=.9": dict(k=16, alpha=0.9),
+    "elastic net K=16 non-negative": dict(k=16, nonneg=True),
+    "elastic net K=16 L2-normalised": dict(k=16, normalize=True),
+    "elastic net K=16 standardised residuals": dict(k=16, standardize=True),
     "ridge K=32 affine standardised": dict(alpha=0.0, k=32, standardize=True),
-    "lasso K=16 lam=.1 affine": dict(alpha=1.0),
-    "lasso K=16 lam=.03 affine": dict(alpha=1.0, lam=0.03),
+    "lasso K=16 lam=.1 affine": dict(k=16, alpha=1.0),
+    "lasso K=16 lam=.03 affine": dict(k=16, alpha=1.0, lam=0.03),
     "lasso K=32 lam=.03 affine": dict(alpha=1.0, lam=0.03, k=32),
-    "lasso K=16 lam=.03 affine standardised": dict(alpha=1.0, lam=0.03, standardize=True),
-    "elastic net K=16 cost score": dict(score="cost"),
+    "lasso K=16 lam=.03 affine standardised": dict(k=16, alpha=1.0, lam=0.03, standardize=True),
+    "elastic net K=16 cost score": dict(k=16, score="cost"),
     "lasso K=32 lam=.1 cost score": dict(alpha=1.0, k=32, score="cost"),
-    "cosine support, linear EN K=16": dict(support="cosine", affine=False),
+    "cosine support, linear EN K=16": dict(k=16, support="cosine", affine=False),
     "cosine support, linear lasso K=16 lam=.03": dict(
-        support="cosine", affine=False, alpha=1.0, lam=0.03
+        k=16, support="cosine", affine=False, alpha=1.0, lam=0.03
     ),
     "cosine support, linear ridge K=32": dict(support="cosine", affine=False, alpha=0.0, k=32),
-    "cosine support, affine EN K=16": dict(support="cosine"),
-    "elastic net K=16 relative score": dict(score="relative"),
+    "cosine support, affine EN K=16": dict(k=16, support="cosine"),
+    "elastic net K=16 relative score": dict(k=16, score="relative"),
     "elastic net K=32 relative score": dict(score="relative", k=32),
     "lasso K=64 lam=.03 affine": dict(alpha=1.0, lam=0.03, k=64),
     "lasso K=32 lam=.1 affine": dict(alpha=1.0, lam=0.1, k=32),
     "lasso K=64 lam=.1 affine": dict(alpha=1.0, lam=0.1, k=64),
     "ridge K=64 lam=1 affine": dict(alpha=0.0, k=64, lam=1.0),
     "ridge K=64 lam=.3 affine": dict(alpha=0.0, k=64, lam=0.3),
-    "elastic net K=16 sigma=2": dict(sigma=2.0),
-    "elastic net K=16 sigma=8": dict(sigma=8.0),
+    "elastic net K=16 sigma=2": dict(k=16, sigma=2.0),
+    "elastic net K=16 sigma=8": dict(k=16, sigma=8.0),
+    "default, image score = mean of the top 1 %": dict(k=32, image_score="top1"),
 }
 
 
 def load(root: Path, shots: int, seed: int, max_test: int):
-    train = sorted((root / "train" / "good").iterdir())
-    refs = [train[i] for i in np.random.default_rng(seed).choice(len(train), shots, replace=False)]
-    test = sorted(p for p in (root / "test").glob("*/*") if p.is_file())
+    """Reference and test paths: an MVTec layout, or ``normal/`` + ``query/`` (BSData examples)."""
+    flat = (root / "normal").is_dir()
+    train = sorted((root / ("normal" if flat else "train/good")).glob("*.*"))
+    pick = np.random.default_rng(seed).choice(len(train), min(shots, len(train)), replace=False)
+    refs = [train[i] for i in pick]
+    test = sorted(p for p in (root / "query").glob("*.*") if p.suffix != ".md") if flat else []
+    test = test or sorted(p for p in (root / "test").glob("*/*") if p.is_file())
     if max_test and len(test) > max_test:
         test = [test[i] for i in np.random.default_rng(0).choice(len(test), max_test, False)]
     return refs, test
 
 
+def mask_file(root: Path, path: Path) -> Path | None:
+    """Ground truth of a test image: ``ground_truth/[<defect>/]<stem>_mask.png``, if any."""
+    if path.parent.name == "good":
+        return None
+    for m in (root / "ground_truth" / path.parent.name, root / "ground_truth"):
+        if (m / f"{path.stem}_mask.png").exists():
+            return m / f"{path.stem}_mask.png"
+    return None
+
+
 def mask_of(root: Path, path: Path, size: tuple[int, int]) -> np.ndarray:
-    m = root / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
-    if path.parent.name == "good" or not m.exists():
+    m = mask_file(root, path)
+    if m is None:
         return np.zeros(size[::-1], bool)
     return np.asarray(Image.open(m).convert("L")) > 127
+
+
+def use_stages(backbone: str, stages: list[int] | None) -> None:
+    """Make preset ``backbone`` return other feature stages (a sweep over layers)."""
+    if stages:
+        preset = PRESETS[backbone]
+        PRESETS[backbone] = dataclasses.replace(preset, out_indices=tuple(stages))
 
 
 def run(args: argparse.Namespace, bb, base: Config, names: list[str]) -> None:
     """Extract features once for ``base``, then refit and score every variant in ``names``."""
     det = Detector(base, bb)
+    stages = "+".join(f"s{r}" for r in bb.reductions)
     cache = {}
     for seed in args.seeds:
         refs, test = load(args.data, args.shots, seed, args.max_test)
@@ -94,7 +118,7 @@ def run(args: argparse.Namespace, bb, base: Config, names: list[str]) -> None:
             det.features(test_imgs),
             [im.size for im in test_imgs],
             [mask_of(args.data, p, im.size) for p, im in zip(test, test_imgs, strict=True)],
-            [int(p.parent.name != "good") for p in test],
+            [int(mask_file(args.data, p) is not None) for p in test],
         )
     for name in names:
         cfg = dataclasses.replace(base, **VARIANTS[name])
@@ -112,7 +136,7 @@ def run(args: argparse.Namespace, bb, base: Config, names: list[str]) -> None:
         mean = {m: {k: np.mean([r[k] for r in v]) for k in v[0]} for m, v in res.items()}
         s, n = mean["sgfr"], mean["knn"]
         print(
-            f"| {base.size} | {name} | {s['pixel_auroc']:.3f} | {s['pro']:.3f} | "
+            f"| {base.size} | {stages} | {name} | {s['pixel_auroc']:.3f} | {s['pro']:.3f} | "
             f"{s['pixel_ap']:.3f} | {s['image_auroc']:.3f} | {n['pixel_auroc']:.3f} | "
             f"{n['pro']:.3f} | {n['pixel_ap']:.3f} | {n['image_auroc']:.3f} |"
             f"  <!-- {time.perf_counter() - t0:.0f} s -->",
@@ -128,14 +152,16 @@ def main() -> None:
     ap.add_argument("--max-test", type=int, default=200)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256])
     ap.add_argument("--backbone", default="lite0")
+    ap.add_argument("--stages", type=int, nargs="+", help="backbone stages (default: preset's)")
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     args = ap.parse_args()
+    use_stages(args.backbone, args.stages)
     bb = load_backbone(args.backbone)
     print(
-        "| size | variant | SGFR pixel AUROC | PRO | pixel AP | image AUROC "
+        "| size | stages | variant | SGFR pixel AUROC | PRO | pixel AP | image AUROC "
         "| NN pixel AUROC | NN PRO | NN pixel AP | NN image AUROC |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         for aspect in (True, False):  # features depend on it: one extraction per setting
             names = [n for n, c in VARIANTS.items() if c.get("keep_aspect", True) == aspect]
