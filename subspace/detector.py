@@ -45,7 +45,7 @@ class Config:
     sampling: str = "usage"  # bank reduction: usage (greedy), usage-top, random or coreset
     ratio: float = 1.0  # share of the bank kept by sampling
     sigma: float = 4.0  # map blur in pixels at 256 px
-    image_score: str = "max"  # image score from the map: "max" or "top1" (mean of top 1 %)
+    image_score: str = "top1"  # image score from the map: "top1" (mean of top 1 %) or "max"
     quantile: float = 0.995  # default threshold: this quantile of normal (leave-one-out) maps
     seed: int = 0  # for random / coreset sampling
 

@@ -33,7 +33,7 @@ def to_map(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float) -> t
     return gaussian_blur(up[0], sigma)[0]
 
 
-def image_score(m: torch.Tensor, how: str = "max") -> float:
+def image_score(m: torch.Tensor, how: str = "top1") -> float:
     """(H, W) map -> image score: the map's maximum, or the mean of its top 1 %."""
     flat = m.flatten()
     if how == "max":

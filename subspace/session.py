@@ -317,10 +317,10 @@ def scores(result: Result, threshold: float) -> dict:
 
 def threshold_range(result: Result) -> tuple[float, float, float]:
     """Slider (min, max, step) from the calibration: the normal median up to the colour-scale
-    ceiling, extended to the image score so the worst region can always be isolated; rounded
+    ceiling, extended to the map's peak so the worst region can always be isolated; rounded
     to a readable step (the result's threshold is snapped to it)."""
     s = result.pred.sgfr
-    lo, hi = float(s.vmin), float(max(s.vmax, s.score))
+    lo, hi = float(s.vmin), float(max(s.vmax, s.heatmap.max(), s.score))
     digits = int(-np.floor(np.log10(max(hi - lo, 1e-9) / 100)))
     step = 10.0**-digits
     lo, hi = np.floor(lo / step) * step, np.ceil(hi / step) * step

@@ -99,6 +99,7 @@ def test_detect_returns_every_output(app_module, fitted):
     assert slider.minimum <= slider.value <= slider.maximum
     assert slider.minimum <= res.pred.sgfr.vmin + 1e-6
     assert slider.maximum >= res.pred.sgfr.vmax - slider.step
+    assert slider.maximum >= res.pred.sgfr.heatmap.max() - slider.step  # the peak can be isolated
     assert "Verdict" in summary and "How unusual" in summary and "Memory bank" in summary
     for key in ("sgfr", "knn", "threshold", "defect_area", "seconds", "bank", "patch"):
         assert key in scores
@@ -198,8 +199,9 @@ def test_threshold_moves_mask_without_refit_or_predict(app_module, fitted, monke
         monkeypatch.setattr(Detector, name, lambda *a, **k: pytest.fail("model was rerun"))
     s = session.result.pred.sgfr
     low_mask, low_summary, low_scores, st = app_module.set_threshold(s.vmin, session)
-    high_mask, _, high_scores, _ = app_module.set_threshold(s.score + 1, session)
-    assert st is session and session.result.threshold == s.score + 1
+    peak = float(s.heatmap.max())
+    high_mask, _, high_scores, _ = app_module.set_threshold(peak + 1, session)
+    assert st is session and session.result.threshold == peak + 1
     assert low_scores["defect_area"] > high_scores["defect_area"] == 0.0
     assert not np.array_equal(np.asarray(low_mask), np.asarray(high_mask))
     assert "Defect area" in low_summary
