@@ -62,7 +62,7 @@ VARIANTS: dict[str, dict] = {
     "ridge K=64 lam=.3 affine": dict(alpha=0.0, k=64, lam=0.3),
     "elastic net K=16 sigma=2": dict(k=16, sigma=2.0),
     "elastic net K=16 sigma=8": dict(k=16, sigma=8.0),
-    "default, image score = mean of the top 1 %": dict(k=32, image_score="top1"),
+    "default, image score = maximum of the map": dict(k=32, image_score="max"),
 }
 
 
