@@ -33,14 +33,14 @@ import gradio as gr  # noqa: E402
 from gradio import processing_utils  # noqa: E402
 from gradio.data_classes import ListFiles  # noqa: E402
 
+from subspace import examples, uploads, viz  # noqa: E402
 from subspace import session as ss  # noqa: E402
-from subspace import viz  # noqa: E402
 from subspace.data import MAX_FILE_BYTES, ImageError  # noqa: E402
 
 log = logging.getLogger("app")
 ROOT = Path(__file__).resolve().parent
-EXAMPLES = ss.example_sets(ROOT / "examples")
-TRUTH = ss.TruthIndex(list(EXAMPLES.values()))
+EXAMPLES = examples.example_sets(ROOT / "examples")
+TRUTH = examples.TruthIndex(list(EXAMPLES.values()))
 _probe.join()
 STATUS = dict(_status) or {"lite0": "bundled"}  # a failed probe: only the bundled one is safe
 CHOICES = ss.backbone_choices(STATUS)
@@ -113,7 +113,7 @@ class QueryImage(gr.Image):
                 path = processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE, name)
             else:
                 path = payload.path
-            ss.check_upload(path, f"query {name!r}")  # the header only: nothing is decoded
+            uploads.check_upload(path, f"query {name!r}")  # the header only: nothing is decoded
         except ImageError as err:
             raise gr.Error(str(err), print_exception=False) from None
         except Exception:
@@ -145,7 +145,7 @@ def _session(state) -> ss.Session:
 @friendly
 def preview_references(files: list[str] | None) -> list[tuple]:
     """Thumbnails of the uploaded references; warns about unusable files and the limit."""
-    thumbs, problems = ss.reference_previews(files or [])
+    thumbs, problems = uploads.reference_previews(files or [])
     if problems:
         gr.Warning(" ".join(problems))
     return thumbs
@@ -177,14 +177,14 @@ def detect(refs, query, backbone, ratio, state, progress=gr.Progress()):  # noqa
     if not query:
         raise ValueError("Add a query image to inspect (or load an example set).")
     name, warning = ss.choose_backbone(backbone, STATUS)
-    uploads, digest = ss.read_references(refs or [])
-    data, image = ss.read_image(query, f"query {Path(query).name!r}")
+    ref_files, digest = uploads.read_references(refs or [])
+    data, image = uploads.read_image(query, f"query {Path(query).name!r}")
     progress(0.0, desc="loading the backbone")
     name, failed = ss.load_or_fallback(name)
     for message in filter(None, (warning, failed)):
         gr.Warning(message)
     fit, reused = session.fit(
-        uploads, digest, name, float(ratio), lambda f, m: progress(0.05 + 0.9 * f, desc=m)
+        ref_files, digest, name, float(ratio), lambda f, m: progress(0.05 + 0.9 * f, desc=m)
     )
     progress(0.97, desc="scoring the query")
     pred = fit.detector.predict(image)
@@ -234,7 +234,8 @@ def inspect(x: float, y: float, state):
     if session.result is None:
         gr.Warning("Run the detector first, then click a patch.")
         return gr.skip()
-    x, y = ss.finite(x, "The patch's x coordinate"), ss.finite(y, "The patch's y coordinate")
+    x = uploads.finite(x, "The patch's x coordinate")
+    y = uploads.finite(y, "The patch's y coordinate")
     session.result.patch = session.result.pred.patch_at(x, y)
     v = ss.views(session.result)
     numbers = ss.scores(session.result, session.result.threshold)
@@ -257,7 +258,7 @@ def set_threshold(threshold: float, state):
     session = _session(state)
     if session.result is None or threshold is None:
         return gr.skip()
-    session.result.threshold = ss.finite(threshold, "The threshold")
+    session.result.threshold = uploads.finite(threshold, "The threshold")
     return ss.views(session.result, only_mask=True)["mask"], *_numbers(session), session
 
 
@@ -271,7 +272,7 @@ with gr.Blocks(
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             refs_in = ReferenceFiles(
-                label=f"1 · Normal reference images (1–{ss.MAX_REFERENCES}, defect-free)",
+                label=f"1 · Normal reference images (1–{uploads.MAX_REFERENCES}, defect-free)",
                 file_count="multiple", file_types=["image"], height=150, elem_id="refs",
             )  # fmt: skip
             refs_gallery = gr.Gallery(

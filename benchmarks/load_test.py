@@ -215,7 +215,7 @@ class Tally:
 def example_files(name: str = "synthetic", refs: int | None = None) -> tuple[list, list]:
     """(reference paths, query paths) of an example set; the synthetic one is generated."""
     sys.path.insert(0, str(ROOT))
-    from subspace.session import example_sets
+    from subspace.examples import example_sets
 
     ex = example_sets(ROOT / "examples")[name]
     return [str(p) for p in ex.normal[:refs]], [str(p) for p in ex.query]

@@ -1,4 +1,4 @@
-"""Per-visitor state of the app: fits reused by reference content, the last result, examples.
+"""Per-visitor state of the app: fits reused by reference content, the last result, its views.
 
 The app keeps one :class:`Session` per browser tab in a ``gr.State``; nothing here is shared
 between visitors except the read-only backbones (one per preset, loaded once per process).
@@ -7,9 +7,7 @@ between visitors except the read-only backbones (one per preset, loaded once per
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -26,8 +24,9 @@ import numpy as np
 from PIL import Image
 
 from . import viz
-from .data import _FORMATS, MAX_FILE_BYTES, ImageError, load_image, load_mask
+from .data import load_image
 from .presets import DEFAULT_HUB, FALLBACK, PRESETS
+from .uploads import Upload
 
 if TYPE_CHECKING:  # torch and timm load on first use: the app's page is up seconds sooner
     from .backbone import Backbone
@@ -35,7 +34,6 @@ if TYPE_CHECKING:  # torch and timm load on first use: the app's page is up seco
 
 log = logging.getLogger(__name__)
 
-MAX_REFERENCES = 16  # normal reference images per fit; more adds little and costs memory
 FITS_PER_SESSION = 2  # fitted detectors kept per visitor (e.g. to switch backbones back)
 SESSION_TTL_S = 1800  # a visitor's state is dropped after this long without activity
 MAX_SESSIONS = 64  # visitors' states kept in memory; the least recently active goes first
@@ -111,83 +109,6 @@ def load_or_fallback(name: str) -> tuple[str, str | None]:
         return FALLBACK, (
             f"{PRESETS[name].label} could not be loaded: using {PRESETS[FALLBACK].label} instead."
         )
-
-
-# ----------------------------------------------------------------------------- inputs
-def read_bytes(path: str | os.PathLike, label: str) -> bytes:
-    """An uploaded file's bytes, refusing oversized files before reading them."""
-    path = Path(path)
-    try:
-        n = path.stat().st_size
-    except OSError as err:
-        raise ImageError(f"{label}: the upload could not be read; please upload it again.") from err
-    if n > MAX_FILE_BYTES:
-        raise ImageError(
-            f"{label}: the file is {n / 2**20:.1f} MB, over the {MAX_FILE_BYTES / 2**20:.0f} MB "
-            "limit per image; upload a smaller or more compressed image (e.g. JPEG)."
-        )
-    return path.read_bytes()
-
-
-def read_image(path: str | os.PathLike, label: str) -> tuple[bytes, Image.Image]:
-    """Uploaded file -> (its bytes, RGB image). Raises ImageError with a visitor-facing text."""
-    data = read_bytes(path, label)
-    return data, load_image(data, name=label)
-
-
-def check_upload(path: str | os.PathLike, label: str) -> None:
-    """Refuse an upload whose header is not a supported image's, without decoding it.
-
-    Raises:
-        ImageError: the loader's own message (e.g. "it looks like a PDF document").
-    """
-    try:
-        with Image.open(path, formats=_FORMATS):  # reads the header only
-            return
-    except Exception:  # whatever Pillow says, the loader says it better
-        read_image(path, label)  # raises ImageError for anything Image.open refuses
-        log.warning("%s: header refused by Pillow but loaded anyway", label)
-
-
-def finite(value, what: str) -> float:
-    """A number from the page or an API call as a float; ValueError naming ``what`` if it is
-    missing, not a number, NaN or infinite."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not np.isfinite(number):
-        raise ValueError(f"{what} must be a finite number, got {value!r}.")
-    return number
-
-
-def _name(path: str | os.PathLike) -> str:
-    return Path(path).name
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One uploaded reference, not decoded yet: a reused fit never decodes it."""
-
-    label: str  # how messages name it, e.g. "reference 'a.png'"
-    data: bytes
-
-
-def read_references(paths: Sequence[str | os.PathLike]) -> tuple[list[Upload], str]:
-    """Uploaded reference files -> (their bytes, content digest of all of them, in order)."""
-    if not paths:
-        raise ValueError("Add 1 to 16 normal reference images first (or load an example set).")
-    if len(paths) > MAX_REFERENCES:
-        raise ValueError(
-            f"{len(paths)} reference images were given; the limit is {MAX_REFERENCES}. "
-            "Remove some: a few typical good images are enough."
-        )
-    digest, uploads = hashlib.sha256(), []
-    for p in paths:
-        label = f"reference {_name(p)!r}"
-        uploads.append(Upload(label, read_bytes(p, label)))
-        digest.update(hashlib.sha256(uploads[-1].data).digest())
-    return uploads, digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- state
@@ -340,92 +261,7 @@ def patch_note(res: Result) -> str:
     )
 
 
-# ----------------------------------------------------------------------------- examples
-@dataclass(frozen=True)
-class ExampleSet:
-    """A ready-made few-shot set under ``examples/<name>/``."""
-
-    name: str
-    title: str
-    normal: list[Path]
-    query: list[Path]
-    masks: dict[str, Path]  # query stem -> ground-truth mask
-
-
-def _example(root: Path, name: str, title: str) -> ExampleSet | None:
-    folder = root / name
-    if not (folder / "normal").is_dir() or not (folder / "query").is_dir():
-        return None
-    images = lambda d: sorted(  # noqa: E731
-        p for p in d.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")
-    )
-    masks = {}
-    for q in images(folder / "query"):
-        m = folder / "ground_truth" / f"{q.stem}_mask.png"
-        if m.is_file():
-            masks[q.stem] = m
-    return ExampleSet(name, title, images(folder / "normal"), images(folder / "query"), masks)
-
-
-def example_sets(root: str | os.PathLike) -> dict[str, ExampleSet]:
-    """The example sets found under ``root``; the synthetic one is generated if missing."""
-    from .synthetic import make_set
-
-    root = Path(root)
-    try:
-        make_set(root / "synthetic")
-    except Exception as err:  # the app works without it
-        log.warning("could not generate the synthetic example set: %s", err)
-    found = [
-        _example(root, "ballscrew", "Ball screw · pitting (real photos)"),
-        _example(root, "synthetic", "Metal mesh · scratch (synthetic)"),
-    ]
-    return {s.name: s for s in found if s is not None}
-
-
-class TruthIndex:
-    """Ground-truth masks of the example queries, found by the uploaded bytes' digest."""
-
-    def __init__(self, sets: Sequence[ExampleSet]) -> None:
-        self._masks: dict[str, Path] = {}
-        for s in sets:
-            for q in s.query:
-                if q.stem in s.masks:
-                    self._masks[hashlib.sha256(q.read_bytes()).hexdigest()] = s.masks[q.stem]
-
-    def lookup(self, data: bytes, size: tuple[int, int]) -> np.ndarray | None:
-        """(H, W) bool mask for a query's bytes, or None when it is not a known example."""
-        path = self._masks.get(hashlib.sha256(data).hexdigest())
-        if path is None:
-            return None
-        try:
-            return load_mask(path, size)
-        except (ImageError, ValueError) as err:
-            log.warning("ground truth %s unusable: %s", path, err)
-            return None
-
-
 # ----------------------------------------------------------------------------- views
-def reference_previews(paths: Sequence[str | os.PathLike]) -> tuple[list[tuple], list[str]]:
-    """Thumbnails (image, caption) of uploaded references, and a problem text per bad file."""
-    problems = []
-    if len(paths) > MAX_REFERENCES:
-        problems.append(
-            f"{len(paths)} reference images: at most {MAX_REFERENCES} can be used; "
-            "please remove some before running."
-        )
-    thumbs = []
-    for p in paths[:MAX_REFERENCES]:
-        try:
-            _, img = read_image(p, f"reference {_name(p)!r}")
-        except ImageError as err:
-            problems.append(str(err))
-            continue
-        img.thumbnail((256, 256))
-        thumbs.append((img, _name(p)))
-    return thumbs, problems
-
-
 def make_result(
     pred: Prediction,
     fit: Fit,

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from subspace import session as ss
-from subspace import viz
+from subspace import uploads, viz
 from subspace.detector import Detector
 
 N_RUN_OUTPUTS = 13  # 4 images, 2 colour bars, note, plot, gallery, slider, summary, JSON, state
@@ -60,7 +60,7 @@ def test_example_sets_fill_references_and_query(app_module):
     for name in ("ballscrew", "synthetic"):
         refs, query, gallery, paths = app_module.load_example(name)
         ex = app_module.EXAMPLES[name]
-        assert refs == [str(p) for p in ex.normal] and 1 <= len(refs) <= ss.MAX_REFERENCES
+        assert refs == [str(p) for p in ex.normal] and 1 <= len(refs) <= uploads.MAX_REFERENCES
         assert Path(query).is_file() and Path(query).stem in ex.masks  # a defective one first
         assert isinstance(gallery, gr.Gallery) and gallery.visible
         assert paths == [str(q) for q in ex.query]
@@ -248,8 +248,8 @@ def test_bad_inputs_give_clear_messages(app_module, synthetic, tmp_path):
     assert "reference" in _error(app_module.detect, refs + [str(pdf)], query, "auto", 0.25, None, p)
     assert "query" in _error(app_module.detect, refs, None, "auto", 0.25, None, p).lower()
     assert "reference" in _error(app_module.detect, [], query, "auto", 0.25, None, p)
-    too_many = [refs[0]] * (ss.MAX_REFERENCES + 1)
-    assert str(ss.MAX_REFERENCES) in _error(
+    too_many = [refs[0]] * (uploads.MAX_REFERENCES + 1)
+    assert str(uploads.MAX_REFERENCES) in _error(
         app_module.detect, too_many, query, "auto", 0.25, None, p
     )
     assert "backbone" in _error(app_module.detect, refs, query, "vgg", 0.25, None, p).lower()

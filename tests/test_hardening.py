@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from subspace import cli
+from subspace import cli, uploads
 from subspace import session as ss
 from subspace.data import MAX_FILE_BYTES, MAX_PIXELS, MIN_SIDE, load_image
 from subspace.synthetic import texture
@@ -269,7 +269,7 @@ def test_base64_query_from_an_api_client_is_kept_byte_for_byte(app_module, files
 @pytest.mark.parametrize("kind", ["gray", "alpha", "palette", "16bit", "cmyk", "gif", "exif"])
 def test_odd_modes_reach_the_handler_as_the_loader_reads_them(app_module, files, kind):
     path = files["odd"][kind]
-    _, got = ss.read_image(as_query(app_module, path), "query")
+    _, got = uploads.read_image(as_query(app_module, path), "query")
     want = load_image(path)
     assert got.size == want.size
     diff = np.abs(np.asarray(got, np.int16) - np.asarray(want, np.int16))
@@ -308,12 +308,12 @@ def test_reference_count_limits(app_module, files, fitted):
     assert "Add 1 to 16" in message
     assert "reference" in _error(app_module.detect, None, str(query), "lite0", 0.25, None)
     # Over the limit: refused from the count alone, without reading a file.
-    too_many = [f"/nonexistent/ref_{i}.png" for i in range(ss.MAX_REFERENCES + 1)]
+    too_many = [f"/nonexistent/ref_{i}.png" for i in range(uploads.MAX_REFERENCES + 1)]
     message = _error(app_module.detect, too_many, str(query), "lite0", 0.25, state, Progress())
-    assert f"{ss.MAX_REFERENCES + 1} reference images" in message
-    assert f"limit is {ss.MAX_REFERENCES}" in message
-    with pytest.warns(UserWarning, match=f"at most {ss.MAX_REFERENCES}"):
-        app_module.preview_references([str(files["refs"][0])] * (ss.MAX_REFERENCES + 1))
+    assert f"{uploads.MAX_REFERENCES + 1} reference images" in message
+    assert f"limit is {uploads.MAX_REFERENCES}" in message
+    with pytest.warns(UserWarning, match=f"at most {uploads.MAX_REFERENCES}"):
+        app_module.preview_references([str(files["refs"][0])] * (uploads.MAX_REFERENCES + 1))
 
 
 def test_one_reference_is_enough(app_module, files):
@@ -401,7 +401,7 @@ def test_fuzz_uploads_through_the_handlers(app_module, tmp_path_factory, data):
     assert len(thumbs) == 1 or named
     try:
         query = as_query(app_module, path)
-        ss.read_image(query, "query 'upload.png'")
+        uploads.read_image(query, "query 'upload.png'")
     except gr.Error as err:
         assert "upload.png" in str(err)
     except ValueError as err:  # ImageError: what the handler turns into its message

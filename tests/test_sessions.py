@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from subspace import session as ss
+from subspace import uploads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,9 +107,9 @@ def _concurrently(*calls):
 def _expected(refs: list[str], query: str):
     """The SGFR view and scores the app must show for this fit, computed here in-process."""
     session = ss.Session()
-    uploads, digest = ss.read_references(refs)
-    _, image = ss.read_image(query, "query")
-    fit, _ = session.fit(uploads, digest, "lite0", 0.25)
+    ref_files, digest = uploads.read_references(refs)
+    _, image = uploads.read_image(query, "query")
+    fit, _ = session.fit(ref_files, digest, "lite0", 0.25)
     res = ss.make_result(fit.detector.predict(image), fit, Path(query).name, image, None, False)
     ss.threshold_range(res)
     view = np.asarray(ss.views(res)["sgfr"], dtype=np.float32)
