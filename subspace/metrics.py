@@ -56,19 +56,27 @@ def _split(maps: ArrayOrList, masks: ArrayOrList) -> tuple[np.ndarray, np.ndarra
         raise ValueError(f"Got {len(map_list)} maps but {len(mask_list)} masks; pass one each.")
     if not map_list:
         raise ValueError("No maps given; pass at least one (H, W) anomaly map.")
-    negs, poss = [], []
+    n_pos = 0
     for i, (m, k) in enumerate(zip(map_list, mask_list, strict=True)):
         if m.shape != k.shape:
             raise ValueError(
                 f"maps[{i}] has shape {m.shape} but masks[{i}] has {k.shape}; resize the "
                 "mask (nearest) or the map to the same size."
             )
-        m, fg = _check_scores(m, "maps"), k > 0
-        negs.append(m[~fg])
-        poss.append(m[fg])
-    neg = np.concatenate(negs)
+        map_list[i] = _check_scores(m, "maps")
+        n_pos += int(np.count_nonzero(np.asarray(k) > 0))
+    n_neg = sum(m.size for m in map_list) - n_pos
+    dtype = np.result_type(*(m.dtype for m in map_list))
+    neg, pos = np.empty(n_neg, dtype), np.empty(n_pos, dtype)  # filled in place: one copy
+    a = b = 0
+    for m, k in zip(map_list, mask_list, strict=True):
+        fg = np.asarray(k) > 0
+        n = int(np.count_nonzero(fg))
+        neg[a : a + m.size - n] = m[~fg]
+        pos[b : b + n] = m[fg]
+        a, b = a + m.size - n, b + n
     neg.sort()
-    return neg, np.concatenate(poss)
+    return neg, pos
 
 
 def _steps(neg: np.ndarray, pos: np.ndarray, weights: np.ndarray | None = None):
