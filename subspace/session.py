@@ -241,7 +241,7 @@ def threshold_range(result: Result) -> tuple[float, float, float]:
     ceiling, extended to the map's peak so the worst region can always be isolated; rounded
     to a readable step (the result's threshold is snapped to it)."""
     s = result.pred.sgfr
-    lo, hi = float(s.vmin), float(max(s.vmax, s.heatmap.max(), s.score))
+    lo, hi = float(s.vmin), float(max(s.vmax, s.heatmap.max()))  # the peak bounds any image score
     digits = int(-np.floor(np.log10(max(hi - lo, 1e-9) / 100)))
     step = 10.0**-digits
     lo, hi = np.floor(lo / step) * step, np.ceil(hi / step) * step
