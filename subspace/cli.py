@@ -36,20 +36,16 @@ from tqdm import tqdm
 
 from .backbone import PRESETS, Backbone, load_backbone
 from .data import ImageError, list_images, list_test, list_train, load_image, load_mask
+from .detector import CHOICES as DETECTOR_CHOICES
 from .detector import Config, Detector
 from .metrics import evaluate
 
 PROG = "python -m subspace"
-METHODS = ("sgfr", "knn")
+METHODS = DETECTOR_CHOICES["method"]
 METRICS = ("pixel_auroc", "pixel_ap", "pro", "image_auroc")
 SUBSET_SEED = 0  # --max-test subset: fixed, so every seed and method sees the same images
 # Closed sets of string settings, checked at parse time rather than minutes into a run.
-CHOICES = {
-    "backbone": ("auto", *PRESETS),
-    "method": METHODS,
-    "sampling": ("usage", "usage-top", "random", "coreset"),
-    "image_score": ("max", "top1"),
-}
+CHOICES = {"backbone": ("auto", *PRESETS), **DETECTOR_CHOICES}
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 

@@ -17,11 +17,19 @@ from PIL import Image
 from . import features as feats
 from . import reconstruct, scoring
 from .backbone import Backbone, load_backbone
-from .sampling import make_sampler
+from .sampling import UsageSampler, make_sampler
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 Progress = Callable[[float, str], None]
+# The closed sets of Config's string settings (the CLI offers the same choices).
+CHOICES: dict[str, tuple[str, ...]] = dict(
+    method=("sgfr", "knn"),
+    support=("l2", "cosine"),
+    sampling=("usage", "usage-top", "random", "coreset"),
+    image_score=("max", "top1"),
+    score=("residual", "cost", "relative"),
+)
 
 
 @dataclass(frozen=True)
@@ -50,14 +58,7 @@ class Config:
     seed: int = 0  # for random / coreset sampling
 
     def __post_init__(self) -> None:
-        choices = dict(
-            method=("sgfr", "knn"),
-            support=("l2", "cosine"),
-            sampling=("usage", "usage-top", "random", "coreset"),
-            image_score=("max", "top1"),
-            score=("residual", "cost", "relative"),
-        )
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.k < 1 or self.size < 32:
@@ -200,14 +201,14 @@ class Detector:
         self.n_full, self.ref_sizes = rows.shape[0], list(sizes)
         keep = torch.arange(self.n_full)
         if c.ratio < 1.0:
-            codes = None
-            if c.sampling.startswith("usage"):
+            codes, sampler = None, make_sampler(c.sampling, c.ratio, c.seed)
+            if isinstance(sampler, UsageSampler):  # usage needs the bank's self-expression
                 say(0.35, "learning subspaces (self-expression)")
                 codes = reconstruct.self_expression(
                     rows, c.k, c.lam, c.alpha, c.affine, c.nonneg, c.support
                 )
             say(0.55, f"sampling the bank ({c.sampling}, {c.ratio:.0%})")
-            keep = make_sampler(c.sampling, c.ratio, c.seed).run(rows, codes)
+            keep = sampler.run(rows, codes)
         self.bank, self.positions = rows[keep].contiguous(), pos[keep].contiguous()
         say(0.7, "calibrating (leave-one-out)")
         self._calibrate(rows, pos, len(maps), keep)

@@ -64,13 +64,13 @@ def _split(maps: ArrayOrList, masks: ArrayOrList) -> tuple[np.ndarray, np.ndarra
                 "mask (nearest) or the map to the same size."
             )
         map_list[i] = _check_scores(m, "maps")
-        n_pos += int(np.count_nonzero(np.asarray(k) > 0))
+        n_pos += int(np.count_nonzero(k > 0))
     n_neg = sum(m.size for m in map_list) - n_pos
     dtype = np.result_type(*(m.dtype for m in map_list))
     neg, pos = np.empty(n_neg, dtype), np.empty(n_pos, dtype)  # filled in place: one copy
     a = b = 0
     for m, k in zip(map_list, mask_list, strict=True):
-        fg = np.asarray(k) > 0
+        fg = k > 0
         n = int(np.count_nonzero(fg))
         neg[a : a + m.size - n] = m[~fg]
         pos[b : b + n] = m[fg]

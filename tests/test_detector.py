@@ -89,7 +89,9 @@ def test_save_load_round_trip_is_identical(ballscrew, lite0, tmp_path):
     np.testing.assert_array_equal(before.coef, after.coef)
 
 
-@pytest.mark.parametrize("ratio,sampling", [(0.1, "usage"), (0.1, "random"), (0.1, "coreset")])
+@pytest.mark.parametrize(
+    "ratio,sampling", [(0.1, "usage"), (0.1, "usage-top"), (0.1, "random"), (0.1, "coreset")]
+)
 def test_sampling_reduces_the_bank(lite0, ratio, sampling):
     refs = [rgb(p) for p in sorted((BALLSCREW / "normal").glob("*.jpg"))[:3]]
     det = Detector(Config(backbone="lite0", ratio=ratio, sampling=sampling), lite0).fit(refs)
