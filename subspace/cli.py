@@ -38,7 +38,7 @@ from .backbone import PRESETS, Backbone, load_backbone
 from .data import ImageError, list_images, list_test, list_train, load_image, load_mask
 from .detector import CHOICES as DETECTOR_CHOICES
 from .detector import Config, Detector
-from .metrics import evaluate
+from .metrics import PixelScores, image_auroc
 
 PROG = "python -m subspace"
 METHODS = DETECTOR_CHOICES["method"]
@@ -158,10 +158,29 @@ def subset_indices(n: int, max_test: int | None) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(SUBSET_SEED).choice(n, max_test, False))
 
 
+def _pixel_count(paths: Sequence[Path]) -> int:
+    """Total pixels of the images, from their headers: an upper bound of their maps' pixels
+    (an image loads at most at its own size; one whose header cannot be read counts 0)."""
+    total = 0
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                total += im.width * im.height
+        except (OSError, ValueError, Image.DecompressionBombError):
+            pass
+    return total
+
+
 def _score_tests(det: Detector, tests: list, skipped: dict, desc: str, quiet: bool) -> dict:
-    """Predict every readable test image; both scorers' maps and scores, masks, timings."""
-    got: dict = {m: ([], []) for m in METHODS}  # method -> ((H_i, W_i) maps, scores)
-    masks, labels, times = [], [], []
+    """Predict every readable test image and score both scorers; metrics and timings.
+
+    Each map goes into its scorer's ``PixelScores`` and is dropped at once, so memory holds
+    one copy of the pixels per scorer, never the maps of the whole test set.
+    """
+    capacity = _pixel_count([s.path for s in tests])
+    pixels = {m: PixelScores(capacity) for m in METHODS}
+    scores: dict = {m: [] for m in METHODS}
+    labels, times = [], []
     bar = tqdm(tests, desc=desc, unit="img", file=sys.stderr, disable=quiet, leave=False)
     for s in bar:
         try:
@@ -176,17 +195,15 @@ def _score_tests(det: Detector, tests: list, skipped: dict, desc: str, quiet: bo
         pred = det.predict(image)
         times.append(time.perf_counter() - t0)
         for m in METHODS:
-            got[m][0].append(getattr(pred, m).heatmap)
-            got[m][1].append(getattr(pred, m).score)
-        masks.append(mask)
+            pixels[m].add(getattr(pred, m).heatmap, mask)
+            scores[m].append(getattr(pred, m).score)
         labels.append(int(s.defect != "good"))
-    if not masks:
+    if not labels:
         raise UsageError(f"none of the {len(tests)} test images could be read")
     metrics = {}
-    for m in METHODS:  # a scorer's maps are freed once scored: peak memory is one split less
-        metrics[m] = evaluate(got[m][0], masks, got[m][1], labels)
-        got[m][0].clear()
-    return dict(metrics=metrics, n_test=len(masks), times=times)
+    for m in METHODS:  # one scorer's pixels are sorted and freed before the next
+        metrics[m] = pixels.pop(m).metrics() | {"image_auroc": image_auroc(scores[m], labels)}
+    return dict(metrics=metrics, n_test=len(labels), times=times)
 
 
 def _mean(rows: list[dict], key: str) -> float:

@@ -4,7 +4,8 @@ All metrics are exact and rank based. Pixels (or images) with equal scores form 
 step, so ties are scored like scikit-learn's ``roc_auc_score`` and ``average_precision_score``
 (a tie between a positive and a negative counts half for AUROC). Every metric sorts the
 normal scores once (in place) and searches them at each distinct anomalous score, so ~20
-million pixels take a few seconds in about one extra copy of the maps' memory.
+million pixels take a few seconds in about one extra copy of the maps' memory. To score many
+images without keeping their maps, feed them one at a time to a ``PixelScores``.
 
 ``maps`` / ``masks`` are either a list of (H_i, W_i) arrays (sizes may differ per image), one
 (N, H, W) array, or one (H, W) array for a single image. Masks may be bool, 0/1 or 0/255:
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -42,65 +44,163 @@ def _as_list(arrays: ArrayOrList, what: str) -> list[np.ndarray]:
     return out
 
 
-def _split(maps: ArrayOrList, masks: ArrayOrList) -> tuple[np.ndarray, np.ndarray]:
-    """Normal pixel scores, sorted, and anomalous pixel scores, in mask order.
+class _Column:
+    """A 1-D array filled by appends, in place.
 
-    Only the normal scores are copied and sorted (in place): no full-size argsort, so memory
-    stays near one copy of the maps even for tens of millions of pixels.
-
-    Returns:
-        ``neg`` (P_neg,) ascending and ``pos`` (P_pos,) in row-major mask order, image by image.
+    Capacity at least doubles when it runs out, and capacity not yet written costs no memory
+    (the pages of a large ``np.empty`` are only committed when touched), so a generous
+    ``capacity`` up front means the values are never copied.
     """
+
+    def __init__(self, capacity: int = 0) -> None:
+        self._data: np.ndarray | None = None
+        self._capacity = capacity
+        self.size = 0
+
+    def append(self, values: np.ndarray) -> None:
+        need = self.size + values.size
+        old = self._data
+        dtype = values.dtype if old is None else np.promote_types(old.dtype, values.dtype)
+        if old is None or need > old.size or dtype != old.dtype:
+            self._data = np.empty(max(need, 2 * self.size, self._capacity), dtype)
+            if old is not None:
+                self._data[: self.size] = old[: self.size]
+        self._data[self.size : need] = values
+        self.size = need
+
+    def take(self) -> np.ndarray:
+        """The values (a view of the buffer); the column is empty afterwards."""
+        out = self._data[: self.size] if self._data is not None else np.empty(0)
+        self._data, self.size = None, 0
+        return out
+
+
+class PixelScores:
+    """The pixels of a set of anomaly maps, gathered one image at a time.
+
+    ``add`` writes an image's normal and anomalous scores and the PRO region of each anomalous
+    pixel into growing buffers, so the caller can drop the map at once: an evaluation over
+    hundreds of images holds one copy of its pixels, never the maps and a copy together.
+    Pass ``capacity`` (the total pixel count, or an upper bound) to size the normal buffer
+    once, so it is never copied.
+
+    >>> pixels = PixelScores(capacity=sum(m.size for m, _ in pairs))  # doctest: +SKIP
+    >>> for heatmap, mask in pairs:  # doctest: +SKIP
+    ...     pixels.add(heatmap, mask)
+    >>> pixels.metrics()  # doctest: +SKIP
+    """
+
+    def __init__(self, capacity: int = 0) -> None:
+        self._neg = _Column(capacity)  # normal scores
+        self._pos = _Column()  # anomalous scores, image by image, row-major
+        self._region = _Column()  # global region id of each anomalous pixel
+        self._areas = _Column()  # pixel count of each region
+        self.n_images = 0
+
+    @property
+    def n_regions(self) -> int:
+        return self._areas.size
+
+    def add(self, heatmap: np.ndarray, mask: np.ndarray) -> None:
+        """One image: its (H, W) map and its (H, W) mask (values > 0 are anomalous)."""
+        where = f"maps[{self.n_images}]"
+        heatmap, mask = np.asarray(heatmap), np.asarray(mask)
+        if heatmap.ndim != 2:
+            raise ValueError(f"{where} must be a 2-D (H, W) array, got shape {heatmap.shape}.")
+        if heatmap.shape != mask.shape:
+            raise ValueError(
+                f"{where} has shape {heatmap.shape} but masks[{self.n_images}] has "
+                f"{mask.shape}; resize the mask (nearest) or the map to the same size."
+            )
+        heatmap = _check_scores(heatmap, "maps")
+        fg = mask > 0
+        lab, n = ndimage.label(fg)  # 4-connectivity, per image
+        self._neg.append(heatmap[~fg])
+        self._pos.append(heatmap[fg])
+        self._region.append((lab[fg] - 1 + self.n_regions).astype(np.int32))
+        self._areas.append(np.bincount(lab.ravel(), minlength=n + 1)[1:])
+        self.n_images += 1
+
+    def split(self) -> tuple[np.ndarray, np.ndarray]:
+        """Normal scores, ascending (sorted in place), and anomalous scores in mask order.
+
+        Takes the scores out: a second call finds none.
+        """
+        if not self.n_images:
+            raise ValueError("No maps given; pass at least one (H, W) anomaly map.")
+        neg, pos = self._neg.take(), self._pos.take()
+        dtype = np.promote_types(neg.dtype, pos.dtype)
+        neg = neg.astype(dtype, copy=False)
+        neg.sort()
+        return neg, pos.astype(dtype, copy=False)
+
+    def region_weights(self) -> np.ndarray:
+        """PRO weight of each anomalous pixel, in ``split``'s order: 1 / (|r| * R).
+
+        Returns:
+            (P_pos,) float64 weights summing to 1.
+        """
+        if self.n_regions == 0:
+            raise ValueError(
+                "No anomalous regions in the masks; PRO needs at least one image with a defect."
+            )
+        areas = self._areas.take()  # (R,)
+        return (1.0 / (areas * areas.size))[self._region.take()]
+
+    def metrics(self, max_fpr: float = 0.3) -> dict[str, float]:
+        """Pixel AUROC, pixel AP and PRO from one sort of the normal pixels."""
+        _check_max_fpr(max_fpr)
+        neg, pos = self.split()
+        _require_both(neg, pos, "The mask pixels")
+        steps = _steps(neg, pos, self.region_weights())
+        return {"pixel_auroc": _auroc(steps), "pixel_ap": _ap(steps), "pro": _pro(steps, max_fpr)}
+
+
+def _collect(maps: ArrayOrList, masks: ArrayOrList) -> PixelScores:
     map_list, mask_list = _as_list(maps, "maps"), _as_list(masks, "masks")
     if len(map_list) != len(mask_list):
         raise ValueError(f"Got {len(map_list)} maps but {len(mask_list)} masks; pass one each.")
-    if not map_list:
-        raise ValueError("No maps given; pass at least one (H, W) anomaly map.")
-    n_pos = 0
-    for i, (m, k) in enumerate(zip(map_list, mask_list, strict=True)):
-        if m.shape != k.shape:
-            raise ValueError(
-                f"maps[{i}] has shape {m.shape} but masks[{i}] has {k.shape}; resize the "
-                "mask (nearest) or the map to the same size."
-            )
-        map_list[i] = _check_scores(m, "maps")
-        n_pos += int(np.count_nonzero(k > 0))
-    n_neg = sum(m.size for m in map_list) - n_pos
-    dtype = np.result_type(*(m.dtype for m in map_list))
-    neg, pos = np.empty(n_neg, dtype), np.empty(n_pos, dtype)  # filled in place: one copy
-    a = b = 0
+    pixels = PixelScores()
     for m, k in zip(map_list, mask_list, strict=True):
-        fg = k > 0
-        n = int(np.count_nonzero(fg))
-        neg[a : a + m.size - n] = m[~fg]
-        pos[b : b + n] = m[fg]
-        a, b = a + m.size - n, b + n
-    neg.sort()
-    return neg, pos
+        pixels.add(m, k)
+    return pixels
 
 
-def _steps(neg: np.ndarray, pos: np.ndarray, weights: np.ndarray | None = None):
-    """The curves at each distinct positive score, highest first (they only move there).
+class _Steps(NamedTuple):
+    """The curves at each of the T distinct positive scores, highest first (they only move
+    there): ``count`` positives at the score, ``tp`` positives >= it, ``fp_ge`` / ``fp_gt``
+    negatives >= / > it, ``cum_w`` the positives' weight >= it (None without weights)."""
+
+    count: np.ndarray
+    tp: np.ndarray
+    fp_ge: np.ndarray
+    fp_gt: np.ndarray
+    cum_w: np.ndarray | None
+    n_neg: int
+    n_pos: int
+
+
+def _steps(neg: np.ndarray, pos: np.ndarray, weights: np.ndarray | None = None) -> _Steps:
+    """Every metric's curve from one sort of the positives.
 
     Args:
         neg: (P_neg,) ascending normal scores. pos: (P_pos,) anomalous scores.
         weights: optional (P_pos,) weights of the positives (PRO), in ``pos`` order.
-
-    Returns:
-        ``count`` positives at each threshold, ``tp`` positives >= it, ``fp_ge`` / ``fp_gt``
-        negatives >= / > it, and ``cum_w`` the positives' weight >= it (None without weights);
-        each (T,) for the T distinct positive scores.
     """
     order = np.argsort(pos, kind="stable")[::-1]  # descending
     p = pos[order]
+    w = None if weights is None else weights[order]
+    del order  # the largest temporary: free it before the next ones
     last = np.append(np.flatnonzero(p[1:] != p[:-1]), p.size - 1)  # end of each tie group
     u = p[last]
-    tp = last + 1
-    count = np.diff(np.concatenate([[0], tp]))
+    del p
     fp_ge = neg.size - np.searchsorted(neg, u, side="left")
     fp_gt = neg.size - np.searchsorted(neg, u, side="right")
-    cum_w = None if weights is None else np.cumsum(weights[order])[last]
-    return count, tp, fp_ge, fp_gt, cum_w
+    del u
+    cum_w = None if w is None else np.cumsum(w)[last]
+    tp = last + 1
+    count = np.diff(tp, prepend=0)
+    return _Steps(count, tp, fp_ge, fp_gt, cum_w, neg.size, pos.size)
 
 
 def _check_scores(scores: np.ndarray, what: str) -> np.ndarray:
@@ -125,60 +225,35 @@ def _require_both(neg: np.ndarray, pos: np.ndarray, what: str) -> None:
         )
 
 
-def _auroc(neg: np.ndarray, pos: np.ndarray) -> float:
+def _auroc(s: _Steps) -> float:
     """Mann-Whitney AUROC (= trapezoidal ROC area): P(pos > neg) + P(pos == neg) / 2."""
-    count, _, fp_ge, fp_gt, _ = _steps(neg, pos)
-    below = neg.size - fp_ge  # negatives strictly below each positive score
-    tied = fp_ge - fp_gt
-    return float(np.sum(count * (below + 0.5 * tied)) / (pos.size * neg.size))
+    below = s.n_neg - s.fp_ge  # negatives strictly below each positive score
+    tied = s.fp_ge - s.fp_gt
+    return float(np.sum(s.count * (below + 0.5 * tied)) / (s.n_pos * s.n_neg))
 
 
-def _ap(neg: np.ndarray, pos: np.ndarray) -> float:
+def _ap(s: _Steps) -> float:
     """Average precision: sum over thresholds of (R_n - R_{n-1}) * P_n, R_0 = 0."""
-    count, tp, fp_ge, _, _ = _steps(neg, pos)
-    return float(np.sum(count / pos.size * tp / (tp + fp_ge)))
+    return float(np.sum(s.count / s.n_pos * s.tp / (s.tp + s.fp_ge)))
 
 
-def _region_weights(masks: ArrayOrList) -> np.ndarray:
-    """PRO weight of each anomalous pixel: 1 / (|r| * R) for a pixel of region r.
-
-    Args:
-        masks: the ground-truth masks, in the same order as the flattened maps.
-
-    Returns:
-        (n_pos,) float64 weights in ``labels``-flattening order (the order of
-        ``scores[labels]``), summing to 1.
-    """
-    ids, offset = [], 0
-    for mask in _as_list(masks, "masks"):
-        fg = mask > 0
-        lab, n = ndimage.label(fg)  # 4-connectivity, labelled per image
-        ids.append(lab[fg] + offset)  # (n_pos_i,) region ids, row-major like ravel()
-        offset += n
-    if offset == 0:
-        raise ValueError(
-            "No anomalous regions in the masks; PRO needs at least one image with a defect."
-        )
-    region = np.concatenate(ids) - 1  # (n_pos,) region id in 0..R-1
-    sizes = np.bincount(region, minlength=offset)  # (R,)
-    return (1.0 / (sizes * offset))[region]
-
-
-def _pro(neg: np.ndarray, pos: np.ndarray, weights: np.ndarray, max_fpr: float) -> float:
+def _pro(s: _Steps, max_fpr: float) -> float:
     """Normalized area under the PRO curve for FPR in [0, max_fpr].
 
     Between two distinct positive scores only the FPR moves (a flat segment); at a positive
     score, the tied negatives and the positives move together (a sloped segment), exactly as
     a curve through every distinct threshold.
     """
-    if neg.size == 0:
+    if s.n_neg == 0:
         raise ValueError("Every pixel is anomalous; PRO needs normal pixels to measure FPR.")
-    _, _, fp_ge, fp_gt, cum_w = _steps(neg, pos, weights)
+    # Points past the first one at or beyond max_fpr are never reached: drop them early.
+    n = int(np.searchsorted(s.fp_gt / s.n_neg, max_fpr, side="left")) + 1
+    fp_gt, fp_ge, cum_w = s.fp_gt[:n], s.fp_ge[:n], s.cum_w[:n]
     before = np.concatenate([[0.0], cum_w[:-1]])  # overlap just above each threshold
-    x = np.stack([fp_gt, fp_ge], 1).ravel() / neg.size  # (2T,) flat end, then sloped end
+    x = np.stack([fp_gt, fp_ge], 1).ravel() / s.n_neg  # (2n,) flat end, then sloped end
     y = np.stack([before, cum_w], 1).ravel()
     fpr = np.concatenate([[0.0], x, [1.0]])
-    pro = np.concatenate([[0.0], y, [cum_w[-1]]])
+    pro = np.concatenate([[0.0], y, [s.cum_w[-1]]])
     # Cut the curve at max_fpr: keep points below it, interpolate the segment crossing it.
     k = int(np.searchsorted(fpr, max_fpr, side="left"))  # fpr[k - 1] < max_fpr <= fpr[k]
     xs, ps = fpr[:k], pro[:k]
@@ -202,9 +277,9 @@ def pixel_auroc(maps: ArrayOrList, masks: ArrayOrList) -> float:
     Returns:
         AUROC in [0, 1].
     """
-    neg, pos = _split(maps, masks)
+    neg, pos = _collect(maps, masks).split()
     _require_both(neg, pos, "The mask pixels")
-    return _auroc(neg, pos)
+    return _auroc(_steps(neg, pos))
 
 
 def pixel_ap(maps: ArrayOrList, masks: ArrayOrList) -> float:
@@ -217,9 +292,9 @@ def pixel_ap(maps: ArrayOrList, masks: ArrayOrList) -> float:
     Returns:
         AP in [0, 1].
     """
-    neg, pos = _split(maps, masks)
+    neg, pos = _collect(maps, masks).split()
     _require_both(neg, pos, "The mask pixels")
-    return _ap(neg, pos)
+    return _ap(_steps(neg, pos))
 
 
 def pro_score(maps: ArrayOrList, masks: ArrayOrList, max_fpr: float = 0.3) -> float:
@@ -239,8 +314,9 @@ def pro_score(maps: ArrayOrList, masks: ArrayOrList, max_fpr: float = 0.3) -> fl
         Normalized PRO area in [0, 1].
     """
     _check_max_fpr(max_fpr)
-    neg, pos = _split(maps, masks)
-    return _pro(neg, pos, _region_weights(masks), max_fpr)
+    pixels = _collect(maps, masks)
+    neg, pos = pixels.split()
+    return _pro(_steps(neg, pos, pixels.region_weights()), max_fpr)
 
 
 def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
@@ -259,7 +335,7 @@ def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np
         raise ValueError(f"Got {s.size} scores but {y.size} labels; pass one label per score.")
     neg, pos = np.sort(s[~y]), s[y]
     _require_both(neg, pos, "The image labels")
-    return _auroc(neg, pos)
+    return _auroc(_steps(neg, pos))
 
 
 def evaluate(
@@ -283,11 +359,4 @@ def evaluate(
     """
     _check_max_fpr(max_fpr)
     image = image_auroc(scores, labels)  # cheap: fail on bad labels before the pixel work
-    neg, pos = _split(maps, masks)
-    _require_both(neg, pos, "The mask pixels")
-    return {
-        "pixel_auroc": _auroc(neg, pos),
-        "pixel_ap": _ap(neg, pos),
-        "pro": _pro(neg, pos, _region_weights(masks), max_fpr),
-        "image_auroc": image,
-    }
+    return _collect(maps, masks).metrics(max_fpr) | {"image_auroc": image}

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from subspace.metrics import evaluate, image_auroc, pixel_ap, pixel_auroc, pro_score
+from subspace.metrics import (
+    PixelScores,
+    evaluate,
+    image_auroc,
+    pixel_ap,
+    pixel_auroc,
+    pro_score,
+)
 
 
 def _row(values) -> np.ndarray:
@@ -168,6 +176,35 @@ def test_pro_empty_masks_add_only_normal_pixels():
     assert pro_score(maps, masks) == pytest.approx(5 / 6, abs=1e-12)
 
 
+def _pro_loop(maps, masks, max_fpr: float) -> float:
+    """PRO through every distinct threshold, one at a time, cut at max_fpr by interpolation."""
+    regions = []
+    for m, k in zip(maps, masks, strict=True):
+        lab, n = ndimage.label(k)
+        regions += [m[lab == r] for r in range(1, n + 1)]
+    negs = np.concatenate([m[~k] for m, k in zip(maps, masks, strict=True)])
+    fpr, pro = [0.0], [0.0]
+    for t in np.unique(np.concatenate([m.ravel() for m in maps]))[::-1]:
+        fpr.append(np.mean(negs >= t))
+        pro.append(np.mean([np.mean(r >= t) for r in regions]))
+    fpr, pro = np.array(fpr + [1.0]), np.array(pro + [pro[-1]])
+    i = int(np.searchsorted(fpr, max_fpr))  # first point at or past max_fpr
+    cut = pro[i - 1] + (max_fpr - fpr[i - 1]) / (fpr[i] - fpr[i - 1]) * (pro[i] - pro[i - 1])
+    xs, ys = np.append(fpr[:i], max_fpr), np.append(pro[:i], cut)
+    return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1])) / 2 / max_fpr)
+
+
+def test_pro_matches_brute_force_on_random_ties():
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        maps = [rng.integers(0, int(rng.integers(2, 30)), (8, 9)).astype(float) for _ in "ab"]
+        masks = [rng.random((8, 9)) < 0.3 for _ in "ab"]
+        for max_fpr in (0.05, 0.3, 1.0):
+            assert pro_score(maps, masks, max_fpr) == pytest.approx(
+                _pro_loop(maps, masks, max_fpr), abs=1e-12
+            )
+
+
 def test_evaluate_matches_the_single_metrics():
     rng = np.random.default_rng(2)
     maps = rng.integers(0, 20, (4, 16, 16)).astype(np.float32)
@@ -183,6 +220,38 @@ def test_evaluate_matches_the_single_metrics():
         "image_auroc": image_auroc(scores, labels),
     }
     assert 0.5 < out["pixel_auroc"] <= 1.0
+
+
+@pytest.mark.parametrize("capacity", [0, 7, 10_000])
+def test_streamed_pixels_match_the_list_metrics(capacity):
+    # Maps fed one at a time (sizes, dtypes and ties differ; one image is all normal) give the
+    # same numbers as the whole list at once, whether the buffers must grow or never do.
+    rng = np.random.default_rng(3)
+    shapes = [(9, 7), (5, 12), (8, 8), (3, 4)]
+    maps = [rng.integers(0, 9, s).astype(np.float32) for s in shapes]
+    maps[1] = maps[1].astype(np.float64)
+    masks = [rng.random(s) < 0.3 for s in shapes]
+    masks[3][:] = False
+    for m, k in zip(maps, masks, strict=True):
+        m[k] += 2
+    pixels = PixelScores(capacity)
+    for m, k in zip(maps, masks, strict=True):
+        pixels.add(m, k)
+    assert pixels.n_images == 4
+    assert pixels.metrics() == {
+        "pixel_auroc": pixel_auroc(maps, masks),
+        "pixel_ap": pixel_ap(maps, masks),
+        "pro": pro_score(maps, masks),
+    }
+
+
+def test_streamed_regions_keep_their_own_weight():
+    # The PRO hand case of test_pro_two_regions_hand_computed, streamed image by image: the
+    # region ids of the second image must not merge with the first image's.
+    pixels = PixelScores()
+    for m, k in zip(*_two_regions(low_r2=0.1), strict=True):
+        pixels.add(m, k)
+    assert pixels.metrics()["pro"] == pytest.approx(2 / 3, abs=1e-12)
 
 
 # ---------------------------------------------------------------- errors
