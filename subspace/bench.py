@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from . import cli
+from . import cli, evaluation
 from .detector import Config
 
 
@@ -184,7 +184,7 @@ def _machine() -> str:
 def _shots_rows(res: dict, row: Row) -> list[list[str]]:
     return [
         [str(res["shots"]), "SGFR" if name == "sgfr" else "nearest neighbour"]
-        + [_pm(m, k) for k in cli.METRICS]
+        + [_pm(m, k) for k in evaluation.METRICS]
         for name, m in sorted(_by_method(res).items(), reverse=True)  # sgfr first
     ]
 
@@ -259,7 +259,8 @@ def render(
         "",
         f"- Machine: {_machine()}.",
         f"- Data: `{data}`; test images: a random subset drawn once with a fixed seed "
-        f"(`subspace.cli.SUBSET_SEED = {cli.SUBSET_SEED}`), the same images in every row.",
+        f"(`subspace.evaluation.SUBSET_SEED = {evaluation.SUBSET_SEED}`), the same images in "
+        "every row.",
         "- Each seed draws k normal images from `train/good` "
         "(`numpy.random.default_rng(seed).choice`, without replacement).",
         "- Both scorers come from the same predictions (same features, same bank).",

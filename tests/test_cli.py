@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from subspace import cli, viz
+from subspace import cli, evaluation, viz
 from subspace.detector import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,11 +51,12 @@ def test_every_config_field_is_a_flag_with_the_dataclass_default():
 
 
 def test_draws_and_test_subset_are_seeded():
-    assert cli.draw(50, 8, seed=1) == cli.draw(50, 8, seed=1) != cli.draw(50, 8, seed=2)
-    assert len(set(cli.draw(8, 8, seed=0))) == 8  # without replacement
-    sub = cli.subset_indices(100, 10)
-    assert sub == cli.subset_indices(100, 10) == sorted(sub) and len(set(sub)) == 10
-    assert cli.subset_indices(5, 10) == list(range(5))
+    draw = evaluation.draw
+    assert draw(50, 8, seed=1) == draw(50, 8, seed=1) != draw(50, 8, seed=2)
+    assert len(set(evaluation.draw(8, 8, seed=0))) == 8  # without replacement
+    sub = evaluation.subset_indices(100, 10)
+    assert sub == evaluation.subset_indices(100, 10) == sorted(sub) and len(set(sub)) == 10
+    assert evaluation.subset_indices(5, 10) == list(range(5))
 
 
 @needs_mtd
