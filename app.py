@@ -33,7 +33,7 @@ import gradio as gr  # noqa: E402
 from gradio import processing_utils  # noqa: E402
 from gradio.data_classes import ListFiles  # noqa: E402
 
-from subspace import examples, uploads, viz  # noqa: E402
+from subspace import examples, uploads, widgets  # noqa: E402
 from subspace import session as ss  # noqa: E402
 from subspace.data import MAX_FILE_BYTES, ImageError  # noqa: E402
 
@@ -413,7 +413,7 @@ def launch_kwargs() -> dict:
         show_error=True,  # API callers see why a call was refused (wrong type, missing value)
         state_session_capacity=ss.MAX_SESSIONS,  # bounds the memory all visitors hold
         theme=THEME,
-        css=viz.CSS,
+        css=widgets.CSS,
         footer_links=["api", "gradio"],
     )
 

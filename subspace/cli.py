@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 
 from .backbone import PRESETS
-from .data import list_images, load_image
+from .data import load_image
+from .dataset import list_images
 from .detector import CHOICES as DETECTOR_CHOICES
 from .detector import Config, Detector
 from .evaluation import UsageError, fit_bar, format_table, open_backbone, run_eval

@@ -6,12 +6,7 @@ whose text is meant to be shown to the user as-is. Files are read into memory in
 handle stays open), only a few well-known formats are decoded (never Pillow's EPS plugin,
 which shells out to Ghostscript), and the pixel count is checked from the header before
 anything is decoded.
-
-The dataset helpers read the MVTec AD folder layout::
-
-    root/train/good/*.png
-    root/test/<defect>/*.png              # <defect> == "good" for normal test images
-    root/ground_truth/<defect>/<stem>_mask.png
+Dataset folders are listed by :mod:`subspace.dataset`.
 """
 
 from __future__ import annotations
@@ -22,7 +17,6 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,14 +31,9 @@ MAX_SIDE = 2048  # the longer side is downscaled to this after decoding
 MIN_SIDE = 16  # a smaller side is refused: too small to hold a feature map
 MAX_ASPECT = 12.0  # long side / short side; more extreme is refused
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 # Pillow plugins allowed to decode untrusted bytes ("JPEG" also opens multi-picture MPO files).
 _FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 _SUPPORTED = "a PNG, JPEG, BMP, TIFF, WebP or GIF image"
-_LAYOUT = (
-    "root/train/good/*.png, root/test/<defect>/*.png and "
-    "root/ground_truth/<defect>/<stem>_mask.png (the MVTec AD layout)"
-)
 # What common non-images start with, to tell users what they actually uploaded.
 _SIGNATURES = (
     (b"%PDF", "it looks like a PDF document"),
@@ -60,10 +49,6 @@ ImageSource = (
 
 class ImageError(ValueError):
     """Unusable image input; str(err) is shown to users as-is."""
-
-
-class DatasetError(ValueError):
-    """A dataset folder does not have the expected layout or holds no images."""
 
 
 def _describe(data: bytes) -> str:
@@ -338,89 +323,3 @@ def load_mask(path: str | os.PathLike | None, size: tuple[int, int]) -> np.ndarr
         small = Image.fromarray(mask.astype(np.uint8) * 255)
         mask = np.asarray(small.resize((w, h), Image.Resampling.NEAREST)) > 0
     return mask
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One test image of an MVTec-layout dataset."""
-
-    path: Path  # the image file
-    mask_path: Path | None  # its ground-truth mask; None = no mask (treated as all normal)
-    defect: str  # defect type (the folder name); "good" for normal test images
-
-
-def _image_files(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted; hidden files (e.g. macOS ._*) skipped."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-    )
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Sorted image files (.png .jpg .jpeg .bmp .tif .tiff .webp, any case) in a folder.
-
-    Raises:
-        DatasetError: the folder does not exist or holds no image files.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: folder not found; check the path.")
-    files = _image_files(folder)
-    if not files:
-        raise DatasetError(
-            f"{folder}: no image files; expected files ending in "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))}."
-        )
-    return files
-
-
-def list_train(root: str | os.PathLike) -> list[Path]:
-    """The normal training images, ``root/train/good/*``.
-
-    Raises:
-        DatasetError: ``root/train/good`` is missing or empty.
-    """
-    good = Path(root) / "train" / "good"
-    if not good.is_dir():
-        raise DatasetError(f"{good} not found; a dataset folder must contain {_LAYOUT}.")
-    return list_images(good)
-
-
-def list_test(root: str | os.PathLike) -> list[Sample]:
-    """The test images ``root/test/<defect>/*`` with their masks, sorted by defect then name.
-
-    Masks are looked up at ``root/ground_truth/<defect>/<stem>_mask.png``. A defective image
-    without one gets ``mask_path=None`` and a logged warning (its pixels will count as normal).
-
-    Raises:
-        DatasetError: ``root/test`` is missing or holds no images.
-    """
-    root = Path(root)
-    test = root / "test"
-    if not test.is_dir():
-        raise DatasetError(f"{test} not found; a dataset folder must contain {_LAYOUT}.")
-    samples = []
-    for folder in sorted(p for p in test.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        defect = folder.name
-        missing = []
-        for path in _image_files(folder):
-            mask = root / "ground_truth" / defect / f"{path.stem}_mask.png"
-            if not mask.is_file():
-                mask = None
-                if defect != "good":
-                    missing.append(path.name)
-            samples.append(Sample(path, mask, defect))
-        if missing:
-            log.warning(
-                "%d test image(s) in %s have no mask at %s/<stem>_mask.png (e.g. %s); their "
-                "pixels count as normal",
-                len(missing),
-                folder,
-                root / "ground_truth" / defect,
-                missing[0],
-            )
-    if not samples:
-        raise DatasetError(f"{test}: no test images; a dataset folder must contain {_LAYOUT}.")
-    return samples

@@ -24,7 +24,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from .backbone import Backbone, load_backbone
-from .data import ImageError, list_test, list_train, load_image, load_mask
+from .data import ImageError, load_image, load_mask
+from .dataset import list_test, list_train
 from .detector import CHOICES as DETECTOR_CHOICES
 from .detector import Config, Detector
 from .metrics import PixelScores, image_auroc

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from . import viz
+from . import viz, widgets
 from .data import load_image
 from .presets import DEFAULT_HUB, FALLBACK, PRESETS
 from .uploads import Upload
@@ -255,7 +255,7 @@ def patch_note(res: Result) -> str:
     gy, gx = res.patch
     s = res.pred.sgfr
     err = float(s.patch_scores[gy, gx])
-    return viz.note_html(
+    return widgets.note_html(
         f"Selected patch: row {gy + 1}, column {gx + 1} of {res.pred.grid[0]}x{res.pred.grid[1]}",
         f"patch error {err:.3g} &middot; normal below {s.threshold:.3g}",
     )
@@ -310,8 +310,9 @@ def views(res: Result, only_mask: bool = False) -> dict:
     for key in ("query", "sgfr", "knn"):
         out[key] = viz.mark_cell(res.renders[key], box)
     s, k = res.pred.sgfr, res.pred.knn
-    out["sgfr_bar"] = viz.colorbar_html(s.vmin, s.vmax, s.threshold, s.score, "SGFR error")
-    out["knn_bar"] = viz.colorbar_html(k.vmin, k.vmax, k.threshold, k.score, "Distance to nearest")
+    bar = widgets.colorbar_html
+    out["sgfr_bar"] = bar(s.vmin, s.vmax, s.threshold, s.score, "SGFR error")
+    out["knn_bar"] = bar(k.vmin, k.vmax, k.threshold, k.score, "Distance to nearest")
     return out
 
 
@@ -339,7 +340,7 @@ def thumbnails(res: Result, top: int = 7) -> list[tuple[Image.Image, str]]:
 
 def summary(numbers: dict) -> str:
     """HTML result cards."""
-    return viz.summary_html(numbers)
+    return widgets.summary_html(numbers)
 
 
 def bundle(res: Result, numbers: dict, folder: Path) -> Path:

@@ -17,19 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from subspace.data import (
-    MAX_FILE_BYTES,
-    MAX_SIDE,
-    MIN_SIDE,
-    DatasetError,
-    ImageError,
-    Sample,
-    list_images,
-    list_test,
-    list_train,
-    load_image,
-    load_mask,
-)
+from subspace.data import MAX_FILE_BYTES, MAX_SIDE, MIN_SIDE, ImageError, load_image, load_mask
+from subspace.dataset import DatasetError, Sample, list_images, list_test, list_train
 
 # ---------------------------------------------------------------- helpers
 

@@ -11,7 +11,7 @@ import pytest
 from matplotlib.collections import LineCollection
 from PIL import Image
 
-from subspace import viz
+from subspace import viz, widgets
 
 
 def grey(size=(200, 100), value=128) -> Image.Image:
@@ -84,13 +84,13 @@ def test_mark_cell_draws_frame_only():
 
 
 def test_colorbar_marks_threshold_and_score():
-    html = viz.colorbar_html(10.0, 30.0, 20.0, 25.0, "SGFR <error>")
+    html = widgets.colorbar_html(10.0, 30.0, 20.0, 25.0, "SGFR <error>")
     assert "SGFR &lt;error&gt;" in html  # escaped
     assert "left:50.0%" in html  # threshold
     assert "left:75.0%" in html  # score
-    over = viz.colorbar_html(10.0, 30.0, 20.0, 99.0, "x")
+    over = widgets.colorbar_html(10.0, 30.0, 20.0, 99.0, "x")
     assert "left:100.0%" in over and "&#9656;" in over  # clipped, with a 'beyond' mark
-    assert "cbar-score" not in viz.colorbar_html(10.0, 30.0, 20.0, None, "x")
+    assert "cbar-score" not in widgets.colorbar_html(10.0, 30.0, 20.0, None, "x")
 
 
 def stages(*bounds):
@@ -148,7 +148,7 @@ def test_summary_html_numbers():
         fit_reused=True,
         bank=dict(size=1500, full=6000, bytes=930000, sampling="usage", ratio=0.25),
     )
-    html = viz.summary_html(s)
+    html = widgets.summary_html(s)
     for text in (
         "Unusual",
         "43.1",
@@ -161,7 +161,7 @@ def test_summary_html_numbers():
     ):
         assert text in html
     s["sgfr"]["refs_below"] = 2
-    assert "Within normal range" in viz.summary_html(s)
+    assert "Within normal range" in widgets.summary_html(s)
 
 
 def test_write_bundle_round_trip(tmp_path):
