@@ -97,8 +97,8 @@ def tables(plan: Plan, data: str) -> dict[str, list[Row]]:
 
 def _code_hash() -> str:
     """Hash of the sources that decide a row's numbers (not the CLI, the app or drawing)."""
-    core = ("backbone", "presets", "data", "features", "reconstruct", "sampling", "scoring")
-    core += ("detector", "metrics")
+    core = ("backbone", "presets", "data", "dataset", "features", "reconstruct", "sampling")
+    core += ("scoring", "detector", "metrics", "evaluation")  # evaluation: draws and subset
     files = [Path(__file__).with_name(f"{name}.py") for name in core]
     return hashlib.sha1(b"".join(p.read_bytes() for p in files)).hexdigest()
 
