@@ -124,11 +124,12 @@ class PixelScores:
     def split(self) -> tuple[np.ndarray, np.ndarray]:
         """Normal scores, ascending (sorted in place), and anomalous scores in mask order.
 
-        Takes the scores out: a second call finds none.
+        Takes the scores out: the store is empty afterwards (``n_images`` is 0 again).
         """
         if not self.n_images:
             raise ValueError("No maps given; pass at least one (H, W) anomaly map.")
         neg, pos = self._neg.take(), self._pos.take()
+        self.n_images = 0
         dtype = np.promote_types(neg.dtype, pos.dtype)
         neg = neg.astype(dtype, copy=False)
         neg.sort()
@@ -160,7 +161,7 @@ def _collect(maps: ArrayOrList, masks: ArrayOrList) -> PixelScores:
     map_list, mask_list = _as_list(maps, "maps"), _as_list(masks, "masks")
     if len(map_list) != len(mask_list):
         raise ValueError(f"Got {len(map_list)} maps but {len(mask_list)} masks; pass one each.")
-    pixels = PixelScores()
+    pixels = PixelScores(capacity=sum(m.size for m in map_list))  # sized once: no regrowth
     for m, k in zip(map_list, mask_list, strict=True):
         pixels.add(m, k)
     return pixels

@@ -243,6 +243,8 @@ def test_streamed_pixels_match_the_list_metrics(capacity):
         "pixel_ap": pixel_ap(maps, masks),
         "pro": pro_score(maps, masks),
     }
+    with pytest.raises(ValueError, match="No maps"):  # scored once: the pixels were taken
+        pixels.metrics()
 
 
 def test_streamed_regions_keep_their_own_weight():
