@@ -97,13 +97,15 @@ def _pixel_count(paths: Sequence[Path]) -> int:
     return total
 
 
-def _score_tests(det: Detector, tests: list, skipped: dict, desc: str, quiet: bool) -> dict:
+def _score_tests(
+    det: Detector, tests: list, capacity: int, skipped: dict, desc: str, quiet: bool
+) -> dict:
     """Predict every readable test image and score both scorers; metrics and timings.
 
-    Each map goes into its scorer's ``PixelScores`` and is dropped at once, so memory holds
-    one copy of the pixels per scorer, never the maps of the whole test set.
+    Each map goes into its scorer's ``PixelScores`` (``capacity``: the test set's pixel count)
+    and is dropped at once, so memory holds one copy of the pixels per scorer, never the maps
+    of the whole test set.
     """
-    capacity = _pixel_count([s.path for s in tests])
     pixels = {m: PixelScores(capacity) for m in METHODS}
     scores: dict = {m: [] for m in METHODS}
     labels, times = [], []
@@ -161,6 +163,7 @@ def run_eval(
     backbone = open_backbone(config.backbone, pretrained)
     config = replace(config, backbone=backbone.name)
     skipped: dict[str, str] = {}  # unreadable test image -> why
+    capacity = _pixel_count([s.path for s in tests])  # sizes each seed's pixel buffers once
     per_seed, times = [], []
     for seed in seeds:
         names = [train[i] for i in draw(len(train), shots, seed)]
@@ -168,7 +171,7 @@ def run_eval(
         bar, progress = fit_bar(f"seed {seed}: fit", quiet)
         with bar:
             det = Detector(replace(config, seed=seed), backbone=backbone).fit(refs, progress)
-        got = _score_tests(det, tests, skipped, f"seed {seed}: predict", quiet)
+        got = _score_tests(det, tests, capacity, skipped, f"seed {seed}: predict", quiet)
         times += got["times"]
         row = dict(seed=seed, train=[str(p.relative_to(root)) for p in names])
         row |= dict(fit_s=det.fit_seconds, bank_size=det.bank_size, bank_bytes=det.bank_bytes)
