@@ -228,7 +228,7 @@ SECTIONS = {  # table -> (title, column heads, rows of one result, note)
         [
             "Predict: median over all test images of one `Detector.predict` call, PIL image in,",
             "full-size maps of both scorers out. Fit includes leave-one-out calibration. Peak RSS",
-            "is that of the whole eval process (model, bank, all maps kept for the metrics).",
+            "is that of the whole eval process (libraries, model, bank, the metrics' pixels).",
             "WideResNet-50 runs with RANDOM weights (none can be downloaded here): its rows",
             "measure speed and memory only, never accuracy. Load avg: the machine's 1-minute",
             "load at the start / end of the run; above the core count, CPUs were shared.",

@@ -171,6 +171,14 @@ class Detector:
         size = (patch.shape[1] * r, patch.shape[0] * r)
         return scoring.to_map(patch, size, self.config.sigma * self.config.size / 256)
 
+    def heatmap(self, patch_scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """(h, w) patch scores -> the (H, W) float32 map of an image of ``size`` = (W, H).
+
+        The very map :meth:`predict` returns from the same scores, so a caller may keep only
+        the patch scores and draw the map again when it needs it.
+        """
+        return scoring.resize_map(self._map(torch.as_tensor(patch_scores)), size)
+
     # ---------------------------------------------------------------- fit
     @torch.inference_mode()
     def fit(self, images: Sequence[Image.Image], progress: Progress | None = None) -> Detector:

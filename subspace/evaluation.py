@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import timm
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from .backbone import Backbone, load_backbone
@@ -28,7 +28,7 @@ from .data import ImageError, load_image, load_mask
 from .dataset import list_test, list_train
 from .detector import CHOICES as DETECTOR_CHOICES
 from .detector import Config, Detector
-from .metrics import PixelScores, image_auroc
+from .metrics import image_auroc, pixel_metrics
 
 METHODS = DETECTOR_CHOICES["method"]
 METRICS = ("pixel_auroc", "pixel_ap", "pro", "image_auroc")
@@ -84,32 +84,33 @@ def subset_indices(n: int, max_test: int | None) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(SUBSET_SEED).choice(n, max_test, False))
 
 
-def _pixel_count(paths: Sequence[Path]) -> int:
-    """Total pixels of the images, from their headers: an upper bound of their maps' pixels
-    (an image loads at most at its own size; one whose header cannot be read counts 0)."""
-    total = 0
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                total += im.width * im.height
-        except (OSError, ValueError, Image.DecompressionBombError):
-            pass
-    return total
+class _Kept(NamedTuple):
+    """What a predicted test image leaves for the metrics: both scorers' patch scores, its size
+    (W, H) and its mask as packed bits (None: no anomalous pixel). Its maps are drawn again
+    from these (``Detector.heatmap``) when the metrics need them."""
+
+    patches: dict[str, np.ndarray]
+    size: tuple[int, int]
+    mask: np.ndarray | None
+
+    def unpacked_mask(self) -> np.ndarray:
+        w, h = self.size
+        if self.mask is None:
+            return np.zeros((h, w), dtype=bool)
+        return np.unpackbits(self.mask, count=h * w).view(bool).reshape(h, w)
 
 
-def _score_tests(
-    det: Detector, tests: list, capacity: int, skipped: dict, desc: str, quiet: bool
-) -> dict:
+def _score_tests(det: Detector, tests: list, skipped: dict, desc: str, quiet: bool) -> dict:
     """Predict every readable test image and score both scorers; metrics and timings.
 
-    Each map goes into its scorer's ``PixelScores`` (``capacity``: the test set's pixel count)
-    and is dropped at once, so memory holds one copy of the pixels per scorer, never the maps
-    of the whole test set.
+    Only the patch scores of each prediction are kept (kilobytes per image); the metrics draw
+    the maps again, twice per scorer (:func:`subspace.metrics.pixel_metrics`), so memory holds
+    one map at a time plus the anomalous pixels, never the maps of the whole test set.
     """
-    pixels = {m: PixelScores(capacity) for m in METHODS}
+    kept: list[_Kept] = []
     scores: dict = {m: [] for m in METHODS}
     labels, times = [], []
-    bar = tqdm(tests, desc=desc, unit="img", file=sys.stderr, disable=quiet, leave=False)
+    bar = tqdm(tests, f"{desc}: predict", unit="img", file=sys.stderr, disable=quiet, leave=False)
     for s in bar:
         try:
             image = load_image(s.path, name=f"test image {s.path.name!r}")
@@ -122,15 +123,32 @@ def _score_tests(
         t0 = time.perf_counter()
         pred = det.predict(image)
         times.append(time.perf_counter() - t0)
+        patches = {m: getattr(pred, m).patch_scores.copy() for m in METHODS}
+        kept.append(_Kept(patches, image.size, np.packbits(mask) if mask.any() else None))
         for m in METHODS:
-            pixels[m].add(getattr(pred, m).heatmap, mask)
             scores[m].append(getattr(pred, m).score)
         labels.append(int(s.defect != "good"))
     if not labels:
         raise UsageError(f"none of the {len(tests)} test images could be read")
+    bar = tqdm(  # two passes per scorer
+        total=2 * len(METHODS) * len(kept),
+        desc=f"{desc}: metrics",
+        unit="map",
+        file=sys.stderr,
+        disable=quiet,
+        leave=False,
+    )
+
+    def pairs(method: str):
+        for k in kept:
+            yield det.heatmap(k.patches[method], k.size), k.unpacked_mask()
+            bar.update()
+
     metrics = {}
-    for m in METHODS:  # one scorer's pixels are sorted and freed before the next
-        metrics[m] = pixels.pop(m).metrics() | {"image_auroc": image_auroc(scores[m], labels)}
+    with bar:
+        for m in METHODS:
+            pixel = pixel_metrics(lambda m=m: pairs(m))
+            metrics[m] = pixel | {"image_auroc": image_auroc(scores[m], labels)}
     return dict(metrics=metrics, n_test=len(labels), times=times)
 
 
@@ -163,7 +181,6 @@ def run_eval(
     backbone = open_backbone(config.backbone, pretrained)
     config = replace(config, backbone=backbone.name)
     skipped: dict[str, str] = {}  # unreadable test image -> why
-    capacity = _pixel_count([s.path for s in tests])  # sizes each seed's pixel buffers once
     per_seed, times = [], []
     for seed in seeds:
         names = [train[i] for i in draw(len(train), shots, seed)]
@@ -171,7 +188,7 @@ def run_eval(
         bar, progress = fit_bar(f"seed {seed}: fit", quiet)
         with bar:
             det = Detector(replace(config, seed=seed), backbone=backbone).fit(refs, progress)
-        got = _score_tests(det, tests, capacity, skipped, f"seed {seed}: predict", quiet)
+        got = _score_tests(det, tests, skipped, f"seed {seed}", quiet)
         times += got["times"]
         row = dict(seed=seed, train=[str(p.relative_to(root)) for p in names])
         row |= dict(fit_s=det.fit_seconds, bank_size=det.bank_size, bank_bytes=det.bank_bytes)

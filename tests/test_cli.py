@@ -12,7 +12,10 @@ import pytest
 from PIL import Image
 
 from subspace import cli, evaluation, viz
-from subspace.detector import Config
+from subspace.data import load_image, load_mask
+from subspace.dataset import list_test
+from subspace.detector import Config, Detector
+from subspace.metrics import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 MTD = REPO.parent / "shared" / "data" / "mtd" / "magnetic_tile"
@@ -84,9 +87,8 @@ def test_eval_writes_the_json_contract(tmp_path, capsys):
     assert set(seed["sgfr"]) == set(seed["knn"]) == set(METRIC_KEYS)
 
 
-@needs_mtd
-def test_eval_skips_unreadable_test_images_and_counts_them(tmp_path, capsys):
-    root = tmp_path / "set"
+def _small_set(root: Path) -> Path:
+    """An MVTec-layout copy of 2 train, 2 good and 2 cracked MTD images (with masks)."""
     for sub in ("train/good", "test/good", "test/crack", "ground_truth/crack"):
         (root / sub).mkdir(parents=True)
     for p in sorted((MTD / "train" / "good").iterdir())[:2]:
@@ -97,6 +99,12 @@ def test_eval_skips_unreadable_test_images_and_counts_them(tmp_path, capsys):
         shutil.copy(p, root / "test" / "crack")
         mask = MTD / "ground_truth" / "crack" / f"{p.stem}_mask.png"
         shutil.copy(mask, root / "ground_truth" / "crack")
+    return root
+
+
+@needs_mtd
+def test_eval_skips_unreadable_test_images_and_counts_them(tmp_path, capsys):
+    root = _small_set(tmp_path / "set")
     (root / "test" / "good" / "zz_broken.png").write_bytes(b"not an image at all")
     out = tmp_path / "r.json"
     argv = ["eval", root, "--shots", 2, "--backbone", "lite0", "--size", 128, "--json", out, "-q"]
@@ -105,6 +113,29 @@ def test_eval_skips_unreadable_test_images_and_counts_them(tmp_path, capsys):
     assert "zz_broken.png" in err and "Traceback" not in err
     r = json.loads(out.read_text())
     assert (r["n_test"], r["n_skipped"]) == (4, 1)
+
+
+@needs_mtd
+def test_eval_metrics_are_those_of_the_predicted_maps(tmp_path, capsys):
+    # eval keeps only patch scores and draws each map again for its two metric passes; its
+    # numbers must equal the metrics of the maps that predict returns, kept in memory.
+    root = _small_set(tmp_path / "set")
+    out = tmp_path / "r.json"
+    argv = ["eval", root, "--shots", 2, "--backbone", "lite0", "--size", 128, "--json", out, "-q"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    r = json.loads(out.read_text())
+    det = Detector(Config(**r["config"])).fit(
+        [load_image(root / p) for p in r["per_seed"][0]["train"]]
+    )
+    tests = list_test(root)
+    preds = [det.predict(load_image(s.path)) for s in tests]
+    masks = [load_mask(s.mask_path, size=(p.size)) for s, p in zip(tests, preds, strict=True)]
+    labels = [s.defect != "good" for s in tests]
+    for m in ("sgfr", "knn"):
+        maps = [getattr(p, m).heatmap for p in preds]
+        scores = [getattr(p, m).score for p in preds]
+        assert r["per_seed"][0][m] == evaluate(maps, masks, scores, labels), m
 
 
 def test_predict_writes_heatmap_overlay_npy_and_scores(tmp_path, capsys):

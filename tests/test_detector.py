@@ -73,7 +73,7 @@ def test_constant_images_give_zero_scores(lite0):
     assert other.sgfr.score > 3 * pred.sgfr.threshold
 
 
-def test_save_load_round_trip_is_identical(ballscrew, lite0, tmp_path):
+def test_save_load_round_trip_and_redrawn_maps_are_identical(ballscrew, lite0, tmp_path):
     query = rgb(BALLSCREW / "query" / "01_200907090805_635000_270_crop_2.jpg")
     before = ballscrew.predict(query)
     ballscrew.save(tmp_path / "det")
@@ -86,6 +86,8 @@ def test_save_load_round_trip_is_identical(ballscrew, lite0, tmp_path):
         a, b = getattr(before, name), getattr(after, name)
         np.testing.assert_array_equal(a.heatmap, b.heatmap)
         assert (a.score, a.threshold, a.p_value) == (b.score, b.threshold, b.p_value)
+        # eval keeps only the patch scores and draws the map again: it must be the same map
+        np.testing.assert_array_equal(ballscrew.heatmap(a.patch_scores, query.size), a.heatmap)
     np.testing.assert_array_equal(before.coef, after.coef)
 
 

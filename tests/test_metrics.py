@@ -11,11 +11,11 @@ import pytest
 from scipy import ndimage
 
 from subspace.metrics import (
-    PixelScores,
     evaluate,
     image_auroc,
     pixel_ap,
     pixel_auroc,
+    pixel_metrics,
     pro_score,
 )
 
@@ -222,38 +222,67 @@ def test_evaluate_matches_the_single_metrics():
     assert 0.5 < out["pixel_auroc"] <= 1.0
 
 
-@pytest.mark.parametrize("capacity", [0, 7, 10_000])
-def test_streamed_pixels_match_the_list_metrics(capacity):
-    # Maps fed one at a time (sizes, dtypes and ties differ; one image is all normal) give the
-    # same numbers as the whole list at once, whether the buffers must grow or never do.
+def test_pixel_metrics_streams_maps_against_brute_force():
+    # Maps of mixed sizes, dtypes and ties, produced on demand (one image is all normal): the
+    # two passes give the brute-force values over all pixels pooled, and produce the maps
+    # exactly twice.
     rng = np.random.default_rng(3)
-    shapes = [(9, 7), (5, 12), (8, 8), (3, 4)]
+    shapes = [(9, 7), (5, 12), (8, 8), (3, 4), (40, 30)]
     maps = [rng.integers(0, 9, s).astype(np.float32) for s in shapes]
     maps[1] = maps[1].astype(np.float64)
+    maps[4] = rng.random(shapes[4]).astype(np.float32)  # many distinct scores, few ties
     masks = [rng.random(s) < 0.3 for s in shapes]
     masks[3][:] = False
     for m, k in zip(maps, masks, strict=True):
         m[k] += 2
-    pixels = PixelScores(capacity)
-    for m, k in zip(maps, masks, strict=True):
-        pixels.add(m, k)
-    assert pixels.n_images == 4
-    assert pixels.metrics() == {
-        "pixel_auroc": pixel_auroc(maps, masks),
-        "pixel_ap": pixel_ap(maps, masks),
-        "pro": pro_score(maps, masks),
-    }
-    with pytest.raises(ValueError, match="No maps"):  # scored once: the pixels were taken
-        pixels.metrics()
+    calls = []
+
+    def pairs():
+        calls.append(1)
+        return ((m.copy(), k.astype(np.uint8) * 255) for m, k in zip(maps, masks, strict=True))
+
+    got = pixel_metrics(pairs)
+    assert len(calls) == 2
+    scores = np.concatenate([m.ravel() for m in maps])
+    labels = np.concatenate([k.ravel() for k in masks])
+    assert got["pixel_auroc"] == pytest.approx(_auroc_pairs(scores, labels), abs=1e-12)
+    assert got["pixel_ap"] == pytest.approx(_ap_loop(scores, labels), abs=1e-12)
+    assert got["pro"] == pytest.approx(_pro_loop(maps, masks, 0.3), abs=1e-12)
 
 
 def test_streamed_regions_keep_their_own_weight():
     # The PRO hand case of test_pro_two_regions_hand_computed, streamed image by image: the
     # region ids of the second image must not merge with the first image's.
-    pixels = PixelScores()
-    for m, k in zip(*_two_regions(low_r2=0.1), strict=True):
-        pixels.add(m, k)
-    assert pixels.metrics()["pro"] == pytest.approx(2 / 3, abs=1e-12)
+    maps, masks = _two_regions(low_r2=0.1)
+    got = pixel_metrics(lambda: zip(maps, masks, strict=True))
+    assert got["pro"] == pytest.approx(2 / 3, abs=1e-12)
+
+
+def test_second_pass_must_see_the_same_maps():
+    rng = np.random.default_rng(5)
+    masks = [rng.random((6, 6)) < 0.3 for _ in range(3)]
+    passes = []
+
+    def drifting():  # the second pass nudges one normal pixel of the last map
+        passes.append(1)
+        for i, k in enumerate(masks):
+            m = np.where(k, 1.0, 0.0)
+            if len(passes) == 2 and i == 2:
+                m[np.argmin(k)] = 0.5
+            yield m, k
+
+    with pytest.raises(RuntimeError, match=r"maps\[2\] changed"):
+        pixel_metrics(drifting)
+    shown = []
+
+    def shrinking():  # the second pass leaves the last map out
+        shown.append(1)
+        return ((k.astype(float), k) for k in masks[: 4 - len(shown)])
+
+    with pytest.raises(RuntimeError, match="fewer maps"):
+        pixel_metrics(shrinking)
+    with pytest.raises(ValueError, match="No maps"):
+        pixel_metrics(lambda: iter(()))
 
 
 # ---------------------------------------------------------------- errors
@@ -268,9 +297,9 @@ def test_single_class_raises():
             fn(zeros, ones)
     with pytest.raises(ValueError, match="both normal and anomalous"):
         image_auroc([0.2, 0.3], [1, 1])
-    with pytest.raises(ValueError, match="No anomalous regions"):
+    with pytest.raises(ValueError, match="all normal; AUROC, AP and PRO need both"):
         pro_score(ones, zeros)
-    with pytest.raises(ValueError, match="normal pixels"):
+    with pytest.raises(ValueError, match="all anomalous; AUROC, AP and PRO need both"):
         pro_score(ones, ones)
 
 
