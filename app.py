@@ -34,6 +34,7 @@ from gradio import processing_utils  # noqa: E402
 from gradio.data_classes import ListFiles  # noqa: E402
 
 from subspace import examples, uploads, widgets  # noqa: E402
+from subspace import result as rs  # noqa: E402
 from subspace import session as ss  # noqa: E402
 from subspace.data import MAX_FILE_BYTES, ImageError  # noqa: E402
 
@@ -189,35 +190,35 @@ def detect(refs, query, backbone, ratio, state, progress=gr.Progress()):  # noqa
     progress(0.97, desc="scoring the query")
     pred = fit.detector.predict(image)
     truth = TRUTH.lookup(data, image.size)
-    session.result = ss.make_result(pred, fit, Path(query).name, image, truth, reused)
+    session.result = rs.make_result(pred, fit, Path(query).name, image, truth, reused)
     return (*_views(session), *_explain(session), *_numbers(session, slider=True), session)
 
 
 def _views(session: ss.Session):
-    v = ss.views(session.result)
+    v = rs.views(session.result)
     return v["query"], v["sgfr"], v["knn"], v["mask"], v["sgfr_bar"], v["knn_bar"]
 
 
 def _explain(session: ss.Session):
     res = session.result
-    return ss.patch_note(res), ss.dimension_plot(res), ss.thumbnails(res)
+    return rs.patch_note(res), rs.dimension_plot(res), rs.thumbnails(res)
 
 
 def _numbers(session: ss.Session, slider: bool = False):
     res = session.result
     out = []
     if slider:  # a new result: range from its calibration (this rounds its threshold)
-        lo, hi, step = ss.threshold_range(res)
+        lo, hi, step = rs.threshold_range(res)
         out.append(gr.Slider(minimum=lo, maximum=hi, value=res.threshold, step=step))
-    numbers = ss.scores(res, res.threshold)
-    return (*out, ss.summary(numbers), numbers)
+    numbers = rs.scores(res, res.threshold)
+    return (*out, rs.summary(numbers), numbers)
 
 
 @friendly
 def export(state):
     """Write the results bundle (zip) of the last result at the current threshold."""
     res = _session(state).result
-    return None if res is None else str(ss.bundle(res, ss.scores(res, res.threshold), state.folder))
+    return None if res is None else str(rs.bundle(res, rs.scores(res, res.threshold), state.folder))
 
 
 def export_at(threshold: float, state):
@@ -237,8 +238,8 @@ def inspect(x: float, y: float, state):
     x = uploads.finite(x, "The patch's x coordinate")
     y = uploads.finite(y, "The patch's y coordinate")
     session.result.patch = session.result.pred.patch_at(x, y)
-    v = ss.views(session.result)
-    numbers = ss.scores(session.result, session.result.threshold)
+    v = rs.views(session.result)
+    numbers = rs.scores(session.result, session.result.threshold)
     return (v["query"], v["sgfr"], v["knn"], v["mask"], *_explain(session), numbers, session)
 
 
@@ -259,7 +260,7 @@ def set_threshold(threshold: float, state):
     if session.result is None or threshold is None:
         return gr.skip()
     session.result.threshold = uploads.finite(threshold, "The threshold")
-    return ss.views(session.result, only_mask=True)["mask"], *_numbers(session), session
+    return rs.views(session.result, only_mask=True)["mask"], *_numbers(session), session
 
 
 # --------------------------------------------------------------------------- layout

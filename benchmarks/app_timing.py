@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from load_test import start_server, stop_server
+from app_server import start_server, stop_server
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

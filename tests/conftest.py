@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from load_test import SERVER_ENV, start_server, stop_server
+from app_server import SERVER_ENV, start_server, stop_server
 
 # As app.py does, before anything imports torch: sleeping (not spinning) OpenMP threads keep
 # torch fast when the 2 cores are shared with other processes (a busy CI runner, a browser).
@@ -38,7 +38,7 @@ def app_module():
 def live_app(tmp_path_factory):
     """Start ``python app.py`` on a free local port; yields (url, seconds to first answer).
 
-    Launched by ``benchmarks/load_test.py``'s own helpers (127.0.0.1 only, Hub offline, a
+    Launched by ``benchmarks/app_server.py``'s helpers (127.0.0.1 only, Hub offline, a
     private gradio cache); always stopped, its log kept under artifacts/ for debugging.
     """
     ARTIFACTS.mkdir(exist_ok=True)

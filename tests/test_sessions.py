@@ -18,12 +18,14 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+import app_server
 import httpx
 import load_test
 import numpy as np
 import pytest
 from PIL import Image
 
+from subspace import result as rs
 from subspace import session as ss
 from subspace import uploads
 
@@ -50,7 +52,7 @@ def server(live_app):
     """(url, port, pid) of the live app."""
     url, _ = live_app
     port = urlparse(url).port
-    pid = load_test.pid_listening_on(port)
+    pid = app_server.pid_listening_on(port)
     assert pid is not None, f"no process listens on port {port}"
     return url, port, pid
 
@@ -110,10 +112,10 @@ def _expected(refs: list[str], query: str):
     ref_files, digest = uploads.read_references(refs)
     _, image = uploads.read_image(query, "query")
     fit, _ = session.fit(ref_files, digest, "lite0", 0.25)
-    res = ss.make_result(fit.detector.predict(image), fit, Path(query).name, image, None, False)
-    ss.threshold_range(res)
-    view = np.asarray(ss.views(res)["sgfr"], dtype=np.float32)
-    numbers = ss.scores(res, res.threshold)
+    res = rs.make_result(fit.detector.predict(image), fit, Path(query).name, image, None, False)
+    rs.threshold_range(res)
+    view = np.asarray(rs.views(res)["sgfr"], dtype=np.float32)
+    numbers = rs.scores(res, res.threshold)
     session.close()
     return view, numbers
 
@@ -300,7 +302,7 @@ def test_short_load_run(server):
 # ----------------------------------------------------------------------------- security
 def test_server_listens_on_loopback_only(server):
     _, port, pid = server
-    addresses = [ip for ip, _ in load_test.listening_sockets(port)]
+    addresses = [ip for ip, _ in app_server.listening_sockets(port)]
     assert addresses and set(addresses) <= LOOPBACK, addresses
     # Nor any other port of the app's process.
     inodes = set()
@@ -318,7 +320,7 @@ def test_server_listens_on_loopback_only(server):
             if cols[3] == "0A" and int(cols[9]) in inodes:
                 others.append(int(cols[1].rsplit(":", 1)[1], 16))
     for other in set(others):
-        ips = [ip for ip, _ in load_test.listening_sockets(other)]
+        ips = [ip for ip, _ in app_server.listening_sockets(other)]
         assert set(ips) <= LOOPBACK, (other, ips)
 
 
@@ -341,7 +343,7 @@ def test_server_listens_on_loopback_only(server):
 )
 def test_file_routes_refuse_paths_outside_the_apps_files(server, path):
     url, _, pid = server
-    path = path.format(root=ROOT, cache=load_test.gradio_cache(pid))
+    path = path.format(root=ROOT, cache=app_server.gradio_cache(pid))
     r = httpx.get(url + path, timeout=30)
     assert r.status_code in (400, 403, 404), (path, r.status_code)
     assert "root:" not in r.text and "import gradio" not in r.text and "HOME=" not in r.text
@@ -408,7 +410,7 @@ def test_a_pickled_bank_is_refused_not_run(tmp_path):
 # ----------------------------------------------------------------------------- leaks
 def _rss_mb() -> float:
     gc.collect()
-    return load_test.rss_mb(os.getpid())
+    return app_server.rss_mb(os.getpid())
 
 
 def _alive(*types) -> int:
@@ -432,7 +434,7 @@ def test_no_memory_growth_over_many_predictions(app_module, monkeypatch):
 
     monkeypatch.setattr(detector, "Config", functools.partial(Config, size=64))
     refs, _, _, queries = app_module.load_example("synthetic")
-    kinds = (Prediction, ss.Result, ss.Session, ss.Fit, Figure)
+    kinds = (Prediction, rs.Result, ss.Session, ss.Fit, Figure)
     state, marks, alive = None, {}, {}
     for i in range(25):
         out = app_module.detect(
@@ -459,11 +461,11 @@ def test_uploads_leave_no_stray_files_in_gradios_cache(app_module):
     ref = str(SYNTHETIC / "normal" / "normal_000.png")
     blocks = {getattr(b, "elem_id", None): b for b in app_module.demo.blocks.values()}
     cache = Path(blocks["refs"].GRADIO_CACHE)
-    before = load_test.stray_files(cache)
+    before = app_server.stray_files(cache)
     for _ in range(20):
         blocks["refs"].preprocess(ListFiles(root=[FileData(path=ref, orig_name="r.png")]))
         blocks["query"].preprocess(ImageData(path=ref, orig_name="q.png"))
-    assert len(load_test.stray_files(cache) - before) < 10
+    assert len(app_server.stray_files(cache) - before) < 10
 
 
 def test_session_files_are_bounded_and_removed(app_module):
@@ -537,7 +539,7 @@ def test_stopping_the_server_removes_the_visitors_files(tmp_path, monkeypatch):
     from gradio_client import Client, handle_file
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # this server's tempfile.gettempdir()
-    proc, url = load_test.start_server(tmp_path / "server.log", tmp_path / "gradio")
+    proc, url = app_server.start_server(tmp_path / "server.log", tmp_path / "gradio")
     try:
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
         refs = [handle_file(p) for p in _files(SYNTHETIC / "normal", 3)]
@@ -548,6 +550,6 @@ def test_stopping_the_server_removes_the_visitors_files(tmp_path, monkeypatch):
         assert len(folders) == 1 and any(folders[0].glob("*.zip")), folders
         assert bundle.exists()  # the client's own copy
     finally:
-        load_test.stop_server(proc)
+        app_server.stop_server(proc)
     assert proc.returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
     assert not folders[0].exists()
