@@ -94,10 +94,6 @@ class _Anomalous:
 
     def region_weights(self) -> np.ndarray:
         """(P_pos,) PRO weight of each anomalous pixel, 1 / (|r| * R), summing to 1."""
-        if self.areas.size == 0:
-            raise ValueError(
-                "No anomalous regions in the masks; PRO needs at least one image with a defect."
-            )
         areas = self.areas.values()
         return (1.0 / (areas * areas.size))[self.region.values()]
 
@@ -356,12 +352,13 @@ def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np
     y = np.asarray(labels).ravel() > 0
     if s.shape != y.shape:
         raise ValueError(f"Got {s.size} scores but {y.size} labels; pass one label per score.")
-    neg, pos = np.sort(s[~y]), s[y]
+    neg, pos = s[~y], s[y]
     _require_both(neg.size, pos.size, "The image labels")
 
     def normals(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        n = neg.size
-        return n - np.searchsorted(neg, u, "left"), n - np.searchsorted(neg, u, "right"), n
+        counter = _Normals(u)
+        counter.add(neg)
+        return *counter.counts(), neg.size
 
     return _auroc(_steps(pos, None, normals))
 
