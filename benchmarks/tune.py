@@ -2,6 +2,7 @@
 
     python benchmarks/tune.py ../shared/data/mtd/magnetic_tile --shots 8 --seeds 0 --max-test 200
     python benchmarks/tune.py ../shared/data/bsdata-examples --shots 6 --stages 2 3 4 --only ...
+    python benchmarks/tune.py ../shared/data/mtd/magnetic_tile --augment hflip vflip --only ...
 
 Features of the references and of the test images are extracted once per input size; each
 variant then refits and rescores from them, so a sweep of dozens of variants takes minutes.
@@ -66,6 +67,14 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+# Bank augmentation: each reference also enters the bank transformed (tune.py --augment).
+AUGMENTS = {
+    "hflip": Image.Transpose.FLIP_LEFT_RIGHT,
+    "vflip": Image.Transpose.FLIP_TOP_BOTTOM,
+    "rot180": Image.Transpose.ROTATE_180,
+}
+
+
 def load(root: Path, shots: int, seed: int, max_test: int):
     """Reference and test paths: an MVTec layout, or ``normal/`` + ``query/`` (BSData examples)."""
     flat = (root / "normal").is_dir()
@@ -107,10 +116,14 @@ def run(args: argparse.Namespace, bb, base: Config, names: list[str]) -> None:
     """Extract features once for ``base``, then refit and score every variant in ``names``."""
     det = Detector(base, bb)
     stages = "+".join(f"s{r}" for r in bb.reductions)
+    augment = ", bank + " + " + ".join(args.augment) if args.augment else ""
     cache = {}
     for seed in args.seeds:
         refs, test = load(args.data, args.shots, seed, args.max_test)
         ref_imgs = [Image.open(p).convert("RGB") for p in refs]
+        ref_imgs += [
+            im.transpose(AUGMENTS[a]) for a in args.augment for im in ref_imgs[: len(refs)]
+        ]
         test_imgs = [Image.open(p).convert("RGB") for p in test]
         cache[seed] = (
             det.features(ref_imgs),
@@ -136,7 +149,8 @@ def run(args: argparse.Namespace, bb, base: Config, names: list[str]) -> None:
         mean = {m: {k: np.mean([r[k] for r in v]) for k in v[0]} for m, v in res.items()}
         s, n = mean["sgfr"], mean["knn"]
         print(
-            f"| {base.size} | {stages} | {name} | {s['pixel_auroc']:.3f} | {s['pro']:.3f} | "
+            f"| {base.size} | {stages} | {name}{augment} | "
+            f"{s['pixel_auroc']:.3f} | {s['pro']:.3f} | "
             f"{s['pixel_ap']:.3f} | {s['image_auroc']:.3f} | {n['pixel_auroc']:.3f} | "
             f"{n['pro']:.3f} | {n['pixel_ap']:.3f} | {n['image_auroc']:.3f} |"
             f"  <!-- {time.perf_counter() - t0:.0f} s -->",
@@ -153,6 +167,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256])
     ap.add_argument("--backbone", default="lite0")
     ap.add_argument("--stages", type=int, nargs="+", help="backbone stages (default: preset's)")
+    ap.add_argument(
+        "--augment",
+        nargs="*",
+        default=[],
+        choices=sorted(AUGMENTS),
+        help="also put these transforms of each reference into the bank",
+    )
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     args = ap.parse_args()
     use_stages(args.backbone, args.stages)
