@@ -23,7 +23,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from subspace.backbone import load_backbone  # noqa: E402
+from subspace.data import load_image, load_mask  # noqa: E402
+from subspace.dataset import Sample, list_images, list_test, list_train  # noqa: E402
 from subspace.detector import Config, Detector  # noqa: E402
+from subspace.evaluation import draw, subset_indices  # noqa: E402
 from subspace.metrics import evaluate  # noqa: E402
 from subspace.presets import PRESETS  # noqa: E402
 
@@ -75,34 +78,23 @@ AUGMENTS = {
 }
 
 
-def load(root: Path, shots: int, seed: int, max_test: int):
-    """Reference and test paths: an MVTec layout, or ``normal/`` + ``query/`` (BSData examples)."""
+def load(root: Path, shots: int, seed: int, max_test: int) -> tuple[list[Path], list[Sample]]:
+    """References and test samples: an MVTec layout, or ``normal/`` + ``query/`` (BSData).
+
+    The same draws as ``python -m subspace eval``: references by ``draw``, test images by
+    ``subset_indices``.
+    """
     flat = (root / "normal").is_dir()
-    train = sorted((root / ("normal" if flat else "train/good")).glob("*.*"))
-    pick = np.random.default_rng(seed).choice(len(train), min(shots, len(train)), replace=False)
-    refs = [train[i] for i in pick]
-    test = sorted(p for p in (root / "query").glob("*.*") if p.suffix != ".md") if flat else []
-    test = test or sorted(p for p in (root / "test").glob("*/*") if p.is_file())
-    if max_test and len(test) > max_test:
-        test = [test[i] for i in np.random.default_rng(0).choice(len(test), max_test, False)]
-    return refs, test
-
-
-def mask_file(root: Path, path: Path) -> Path | None:
-    """Ground truth of a test image: ``ground_truth/[<defect>/]<stem>_mask.png``, if any."""
-    if path.parent.name == "good":
-        return None
-    for m in (root / "ground_truth" / path.parent.name, root / "ground_truth"):
-        if (m / f"{path.stem}_mask.png").exists():
-            return m / f"{path.stem}_mask.png"
-    return None
-
-
-def mask_of(root: Path, path: Path, size: tuple[int, int]) -> np.ndarray:
-    m = mask_file(root, path)
-    if m is None:
-        return np.zeros(size[::-1], bool)
-    return np.asarray(Image.open(m).convert("L")) > 127
+    train = list_images(root / "normal") if flat else list_train(root)
+    refs = [train[i] for i in draw(len(train), min(shots, len(train)), seed)]
+    if flat:  # BSData examples: masks at ground_truth/<stem>_mask.png, none for normal ones
+        test = []
+        for p in list_images(root / "query"):
+            m = root / "ground_truth" / f"{p.stem}_mask.png"
+            test.append(Sample(p, m, "defect") if m.is_file() else Sample(p, None, "good"))
+    else:
+        test = list_test(root)
+    return refs, [test[i] for i in subset_indices(len(test), max_test or None)]  # 0: all
 
 
 def use_stages(backbone: str, stages: list[int] | None) -> None:
@@ -120,18 +112,18 @@ def run(args: argparse.Namespace, bb, base: Config, names: list[str]) -> None:
     cache = {}
     for seed in args.seeds:
         refs, test = load(args.data, args.shots, seed, args.max_test)
-        ref_imgs = [Image.open(p).convert("RGB") for p in refs]
+        ref_imgs = [load_image(p) for p in refs]
         ref_imgs += [
             im.transpose(AUGMENTS[a]) for a in args.augment for im in ref_imgs[: len(refs)]
         ]
-        test_imgs = [Image.open(p).convert("RGB") for p in test]
+        test_imgs = [load_image(t.path) for t in test]
         cache[seed] = (
             det.features(ref_imgs),
             [im.size for im in ref_imgs],
             det.features(test_imgs),
             [im.size for im in test_imgs],
-            [mask_of(args.data, p, im.size) for p, im in zip(test, test_imgs, strict=True)],
-            [int(mask_file(args.data, p) is not None) for p in test],
+            [load_mask(t.mask_path, im.size) for t, im in zip(test, test_imgs, strict=True)],
+            [int(t.defect != "good") for t in test],  # as eval labels them
         )
     for name in names:
         cfg = dataclasses.replace(base, **VARIANTS[name])
@@ -163,7 +155,7 @@ def main() -> None:
     ap.add_argument("data", type=Path)
     ap.add_argument("--shots", type=int, default=8)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--max-test", type=int, default=200)
+    ap.add_argument("--max-test", type=int, default=200, help="test images (0: all)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[256])
     ap.add_argument("--backbone", default="lite0")
     ap.add_argument("--stages", type=int, nargs="+", help="backbone stages (default: preset's)")
