@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from subspace.backbone import load_backbone  # noqa: E402
 from subspace.data import load_image, load_mask  # noqa: E402
-from subspace.dataset import Sample, list_images, list_test, list_train  # noqa: E402
+from subspace.dataset import Sample, list_test, list_train  # noqa: E402
 from subspace.detector import Config, Detector  # noqa: E402
 from subspace.evaluation import draw, subset_indices  # noqa: E402
+from subspace.examples import read_set  # noqa: E402
 from subspace.metrics import evaluate  # noqa: E402
 from subspace.presets import PRESETS  # noqa: E402
 
@@ -84,14 +85,12 @@ def load(root: Path, shots: int, seed: int, max_test: int) -> tuple[list[Path], 
     The same draws as ``python -m subspace eval``: references by ``draw``, test images by
     ``subset_indices``.
     """
-    flat = (root / "normal").is_dir()
-    train = list_images(root / "normal") if flat else list_train(root)
+    flat = read_set(root)  # BSData examples: normal/, query/, ground_truth/<stem>_mask.png
+    train = flat.normal if flat else list_train(root)
     refs = [train[i] for i in draw(len(train), min(shots, len(train)), seed)]
-    if flat:  # BSData examples: masks at ground_truth/<stem>_mask.png, none for normal ones
-        test = []
-        for p in list_images(root / "query"):
-            m = root / "ground_truth" / f"{p.stem}_mask.png"
-            test.append(Sample(p, m, "defect") if m.is_file() else Sample(p, None, "good"))
+    if flat:
+        m = flat.masks
+        test = [Sample(q, m.get(q.stem), "defect" if q.stem in m else "good") for q in flat.query]
     else:
         test = list_test(root)
     return refs, [test[i] for i in subset_indices(len(test), max_test or None)]  # 0: all

@@ -27,8 +27,9 @@ class ExampleSet:
     masks: dict[str, Path]  # query stem -> ground-truth mask
 
 
-def _example(root: Path, name: str, title: str) -> ExampleSet | None:
-    folder = root / name
+def read_set(folder: Path, title: str = "") -> ExampleSet | None:
+    """The set in ``folder`` (``normal/``, ``query/``, ``ground_truth/<stem>_mask.png``), if any."""
+    folder = Path(folder)
     if not (folder / "normal").is_dir() or not (folder / "query").is_dir():
         return None
     images = lambda d: sorted(  # noqa: E731
@@ -39,7 +40,9 @@ def _example(root: Path, name: str, title: str) -> ExampleSet | None:
         m = folder / "ground_truth" / f"{q.stem}_mask.png"
         if m.is_file():
             masks[q.stem] = m
-    return ExampleSet(name, title, images(folder / "normal"), images(folder / "query"), masks)
+    return ExampleSet(
+        folder.name, title, images(folder / "normal"), images(folder / "query"), masks
+    )
 
 
 def example_sets(root: str | os.PathLike) -> dict[str, ExampleSet]:
@@ -52,8 +55,8 @@ def example_sets(root: str | os.PathLike) -> dict[str, ExampleSet]:
     except Exception as err:  # the app works without it
         log.warning("could not generate the synthetic example set: %s", err)
     found = [
-        _example(root, "ballscrew", "Ball screw · pitting (real photos)"),
-        _example(root, "synthetic", "Metal mesh · scratch (synthetic)"),
+        read_set(root / "ballscrew", "Ball screw · pitting (real photos)"),
+        read_set(root / "synthetic", "Metal mesh · scratch (synthetic)"),
     ]
     return {s.name: s for s in found if s is not None}
 
