@@ -36,7 +36,7 @@ class Sample:
     defect: str  # defect type (the folder name); "good" for normal test images
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted; hidden files (e.g. macOS ._*) skipped."""
     return sorted(
         p
@@ -54,7 +54,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: folder not found; check the path.")
-    files = _image_files(folder)
+    files = image_files(folder)
     if not files:
         raise DatasetError(
             f"{folder}: no image files; expected files ending in "
@@ -92,7 +92,7 @@ def list_test(root: str | os.PathLike) -> list[Sample]:
     for folder in sorted(p for p in test.iterdir() if p.is_dir() and not p.name.startswith(".")):
         defect = folder.name
         missing = []
-        for path in _image_files(folder):
+        for path in image_files(folder):
             mask = root / "ground_truth" / defect / f"{path.stem}_mask.png"
             if not mask.is_file():
                 mask = None

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import ImageError, load_mask
+from .dataset import image_files
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,13 @@ def read_set(folder: Path, title: str = "") -> ExampleSet | None:
     folder = Path(folder)
     if not (folder / "normal").is_dir() or not (folder / "query").is_dir():
         return None
-    images = lambda d: sorted(  # noqa: E731
-        p for p in d.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")
-    )
+    query = image_files(folder / "query")
     masks = {}
-    for q in images(folder / "query"):
+    for q in query:
         m = folder / "ground_truth" / f"{q.stem}_mask.png"
         if m.is_file():
             masks[q.stem] = m
-    return ExampleSet(
-        folder.name, title, images(folder / "normal"), images(folder / "query"), masks
-    )
+    return ExampleSet(folder.name, title, image_files(folder / "normal"), query, masks)
 
 
 def example_sets(root: str | os.PathLike) -> dict[str, ExampleSet]:
