@@ -79,6 +79,11 @@ AUGMENTS = {
 }
 
 
+def augmented(images: list[Image.Image], augment: list[str]) -> list[Image.Image]:
+    """``images``, then each transform in ``augment`` applied to every one of them."""
+    return images + [im.transpose(AUGMENTS[a]) for a in augment for im in images]
+
+
 def load(root: Path, shots: int, seed: int, max_test: int) -> tuple[list[Path], list[Sample]]:
     """References and test samples: an MVTec layout, or ``normal/`` + ``query/`` (BSData).
 
@@ -111,10 +116,7 @@ def run(args: argparse.Namespace, bb, base: Config, names: list[str]) -> None:
     cache = {}
     for seed in args.seeds:
         refs, test = load(args.data, args.shots, seed, args.max_test)
-        ref_imgs = [load_image(p) for p in refs]
-        ref_imgs += [
-            im.transpose(AUGMENTS[a]) for a in args.augment for im in ref_imgs[: len(refs)]
-        ]
+        ref_imgs = augmented([load_image(p) for p in refs], args.augment)
         test_imgs = [load_image(t.path) for t in test]
         cache[seed] = (
             det.features(ref_imgs),

@@ -1,9 +1,11 @@
-"""The tuning sweep's variant names must say what they run: they are the evidence's labels."""
+"""The tuning sweep: variant names say what they run, data is read as eval reads it."""
 
 import re
 from pathlib import Path
 
-from tune import VARIANTS, load
+import numpy as np
+from PIL import Image
+from tune import VARIANTS, augmented, load
 
 from subspace.detector import Config
 
@@ -27,3 +29,14 @@ def test_flat_example_folders_load_with_masks_and_labels():
     for t in defects:
         assert t.mask_path.name == f"{t.path.stem}_mask.png" and t.mask_path.is_file()
     assert [t.mask_path for t in test if t.defect == "good"] == [None]
+
+
+def test_augmented_bank_holds_each_reference_then_its_transforms():
+    a = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4))
+    b = Image.fromarray(np.arange(12, 24, dtype=np.uint8).reshape(3, 4))
+    out = [np.asarray(im) for im in augmented([a, b], ["hflip", "rot180"])]
+    expected = [np.asarray(a), np.asarray(b)]
+    expected += [np.asarray(a)[:, ::-1], np.asarray(b)[:, ::-1]]
+    expected += [np.asarray(a)[::-1, ::-1], np.asarray(b)[::-1, ::-1]]
+    assert len(out) == 6 and all((o == e).all() for o, e in zip(out, expected, strict=True))
+    assert augmented([a], []) == [a]
