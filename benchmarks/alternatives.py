@@ -1,4 +1,4 @@
-"""Other readings of "subspace-guided" scoring, measured against the default SGFR and NN.
+"""Other readings of "subspace-guided" scoring, against the default SGFR and NN.
 
     python benchmarks/alternatives.py ../shared/data/mtd/magnetic_tile --seeds 0 1 2
 

@@ -68,6 +68,10 @@ VARIANTS: dict[str, dict] = {
     "elastic net K=16 sigma=2": dict(k=16, sigma=2.0),
     "elastic net K=16 sigma=8": dict(k=16, sigma=8.0),
     "default, image score = maximum of the map": dict(k=32, image_score="max"),
+    "default, border-aware support rings=2": dict(k=32, rings=2),
+    "default, border-aware support rings=4": dict(k=32, rings=4),
+    "default, border-aware support rings=6": dict(k=32, rings=6),
+    "default, border-aware support rings=8": dict(k=32, rings=8),
 }
 
 

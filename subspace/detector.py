@@ -42,6 +42,7 @@ class Config:
     method: str = "sgfr"  # primary scorer: "sgfr" (reconstruction) or "knn" (nearest neighbour)
     k: int = 32  # support: each feature is coded over its K nearest atoms
     support: str = "l2"  # nearness for the support: "l2", or "cosine" (scaled copies are near)
+    rings: int = 6  # support from atoms as many cells from the edge, counted up to rings (0: any)
     lam: float = 0.1  # regularisation, relative to the atoms' mean squared norm
     alpha: float = 0.5  # L1 share of the elastic net: 0 ridge, 1 lasso
     affine: bool = True  # codes sum to one: affine subspaces, reconstruction at the data's scale
@@ -61,8 +62,11 @@ class Config:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.k < 1 or self.size < 32:
-            raise ValueError(f"need k >= 1 and size >= 32, got k={self.k}, size={self.size}")
+        if self.k < 1 or self.size < 32 or self.rings < 0:
+            raise ValueError(
+                f"need k >= 1, size >= 32 and rings >= 0, got k={self.k}, size={self.size}, "
+                f"rings={self.rings}"
+            )
         if not 0 < self.ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
 
@@ -147,11 +151,48 @@ class Detector:
             rows = F.normalize(rows, dim=1)
         return rows, [tuple(f.shape[1:]) for f in maps]
 
-    def _code(self, rows: torch.Tensor, exclude=None) -> reconstruct.Code:
+    def _code(self, rows: torch.Tensor, grids, exclude=None) -> reconstruct.Code:
+        """Code ``rows`` (the patches of maps with (h, w) ``grids``) over the bank."""
         c = self.config
+        restrict = None
+        cap = self.ring_cap
+        if cap > 0:  # border-aware support: atoms of the patch's own edge ring only
+            ring, atom_ring = feats.edge_rings(grids, cap), self.atom_rings(cap)
+
+            def restrict(sl: slice) -> torch.Tensor:
+                return ring[sl, None] != atom_ring[None, :]
+
         return reconstruct.code(
-            rows, self.bank, c.k, c.lam, c.alpha, c.affine, c.nonneg, exclude, c.support
+            rows,
+            self.bank,
+            c.k,
+            c.lam,
+            c.alpha,
+            c.affine,
+            c.nonneg,
+            exclude,
+            c.support,
+            restrict=restrict,
         )
+
+    def atom_rings(self, cap: int) -> torch.Tensor:
+        """(N',) edge ring of each bank atom's cell in its reference, capped at ``cap``."""
+        pos = self.positions.long()
+        widths = torch.tensor([w for _, w in self.ref_grids])
+        starts = torch.tensor([0] + [h * w for h, w in self.ref_grids]).cumsum(0)
+        cell = starts[pos[:, 0]] + pos[:, 1] * widths[pos[:, 0]] + pos[:, 2]  # row in full bank
+        return feats.edge_rings(self.ref_grids, cap)[cell]
+
+    @property
+    def ring_cap(self) -> int:
+        """Config.rings, lowered until every ring holds at least K atoms of the bank."""
+        cap = self.config.rings
+        while (
+            cap > 0
+            and torch.bincount(self.atom_rings(cap), minlength=cap + 1).min() < self.config.k
+        ):
+            cap -= 1
+        return cap
 
     def _patch_scores(self, coded: reconstruct.Code) -> dict[str, torch.Tensor]:
         """Both scorers' (M,) patch scores: residual norm (SGFR), nearest distance (k-NN)."""
@@ -237,7 +278,7 @@ class Detector:
             )
             return same & near
 
-        coded = self._code(rows, exclude)
+        coded = self._code(rows, self.ref_grids, exclude)
         self.atom_err = coded.residual.norm(dim=1)[keep].contiguous()
         if self.config.standardize:  # RMS per dimension; floor keeps dead dims from exploding
             rms = coded.residual.pow(2).mean(0).sqrt()
@@ -267,7 +308,7 @@ class Detector:
         """:meth:`predict` from a precomputed (d, h, w) feature map of an image of size (W, H)."""
         t0 = time.perf_counter()
         rows, (grid,) = self._rows([fmap])  # (h*w, d)
-        coded = self._code(rows)
+        coded = self._code(rows, [grid])
         out = {}
         for name, patch in self._patch_scores(coded).items():
             m = self._map(patch.view(grid))  # (h*r, w*r)

@@ -112,3 +112,17 @@ def grid_positions(grids: Sequence[tuple[int, int]]) -> torch.Tensor:
         gy, gx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         parts.append(torch.stack([torch.full_like(gy, i), gy, gx], dim=-1).reshape(-1, 3))
     return torch.cat(parts).to(torch.int32)
+
+
+def edge_rings(grids: Sequence[tuple[int, int]], cap: int) -> torch.Tensor:
+    """(sum h*w,) int64: each cell's distance in cells to its grid's nearest edge, capped.
+
+    Ring 0 is the outermost cells, ring ``cap`` everything ``cap`` or more cells in. CNN
+    features near an image's edge carry the padding's imprint; rings tell them apart.
+    """
+    parts = []
+    for h, w in grids:
+        gy, gx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        ring = torch.minimum(torch.minimum(gy, gx), torch.minimum(h - 1 - gy, w - 1 - gx))
+        parts.append(ring.clamp_max(cap).reshape(-1))
+    return torch.cat(parts)

@@ -38,6 +38,7 @@ def knn(
     exclude: Exclude | None = None,
     metric: str = "l2",
     chunk: int = 2048,
+    restrict: Exclude | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """K nearest bank rows of each query, plus the L2 distance to the very nearest.
 
@@ -45,6 +46,8 @@ def knn(
         queries: (M, d). bank: (N, d). k: neighbours (clipped to N).
         exclude: optional mask function; excluded atoms are never returned.
         metric: "l2", or "cosine" (nearest in direction: scaled copies count as near).
+        restrict: optional mask function of atoms kept out of the K neighbours only; the
+            nearest-row distance (the baseline's score) still sees them.
     Returns:
         score (M, k) ascending (squared L2, or 1 - cosine), index (M, k) int64, and
         nn_d2 (M,) the squared L2 distance to the nearest allowed row (k-NN baseline).
@@ -60,18 +63,22 @@ def knn(
         # One fused pass and in-place updates: the (m, N) matrix is the memory hot spot.
         # |b|^2 - 2 q.b ranks a row's atoms as |q - b|^2 does; |q|^2 is added to the K kept.
         d2 = torch.addmm(bank_sq.expand(q.shape[0], -1), q, bank.T, alpha=-2)
+        rows = slice(s, s + q.shape[0])
         if exclude is not None:
-            d2.masked_fill_(exclude(slice(s, s + q.shape[0])), float("inf"))
+            d2.masked_fill_(exclude(rows), float("inf"))
+        if restrict is not None:  # the baseline's nearest first, then the support's mask
+            nearest = d2.argmin(1)
+            d2.masked_fill_(restrict(rows), float("inf"))
         if metric == "cosine":
             d2.add_(q_sq).clamp_min_(0)
             dot = (q_sq + bank_sq - d2) / 2  # recovered from d2; excluded atoms stay inf
             dist = 1 - dot / (q_sq.sqrt() * bank_sq.sqrt()).clamp_min(1e-12)
             v, i = torch.topk(dist, k, dim=1, largest=False)
-            nearest = d2.argmin(1)
+            nearest = d2.argmin(1) if restrict is None else nearest
         else:
             v, i = torch.topk(d2, k, dim=1, largest=False)
             v = (v + q_sq).clamp_min_(0)
-            nearest = i[:, 0]
+            nearest = i[:, 0] if restrict is None else nearest
         # Exact distance to the nearest: the expansion above cancels badly for near copies.
         nn.append((q - bank[nearest]).pow(2).sum(1))
         scores.append(v)
@@ -164,6 +171,7 @@ def code(
     exclude: Exclude | None = None,
     metric: str = "l2",
     chunk: int = 2048,
+    restrict: Exclude | None = None,
 ) -> Code:
     """Code every target over its K nearest dictionary atoms and keep the residuals.
 
@@ -171,15 +179,19 @@ def code(
     atoms alone are chunk x K x d floats) however large the bank or the query.
 
     Args:
-        targets: (M, d). dictionary: (N, d). Remaining arguments as :func:`solve`/:func:`knn`.
+        targets: (M, d). dictionary: (N, d). Remaining arguments as :func:`solve`/:func:`knn`;
+        ``restrict`` keeps atoms out of the supports but not out of ``nn_dist``.
     """
     parts = []
     atom_sq = dictionary.pow(2).sum(1)  # (N,) squared norms: the scale lam is relative to
     for s in range(0, targets.shape[0], chunk):
         rows = slice(s, s + chunk)
         y = targets[rows]  # (m, d)
-        sub = None if exclude is None else (lambda r, o=s: exclude(slice(o + r.start, o + r.stop)))
-        _, index, nn_d2 = knn(y, dictionary, k, sub, metric)  # (m, K)
+        sub, lim = (
+            None if f is None else (lambda r, o=s, f=f: f(slice(o + r.start, o + r.stop)))
+            for f in (exclude, restrict)
+        )
+        _, index, nn_d2 = knn(y, dictionary, k, sub, metric, restrict=lim)  # (m, K)
         atoms = dictionary[index]  # (m, K, d)
         coef = solve(y, atoms, lam, alpha, affine, nonneg)  # (m, K)
         recon = (coef.unsqueeze(1) @ atoms).squeeze(1)  # (m, d)

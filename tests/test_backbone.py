@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from subspace.backbone import PRESETS, lite0_weights_file, load_backbone
-from subspace.features import aggregate, stages, working_size
+from subspace.features import aggregate, edge_rings, stages, working_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +68,19 @@ def test_working_size_keeps_aspect_and_budget():
     assert w % 16 == 0 and h % 16 == 0
     assert abs(w / h - 1130 / 460) < 0.15
     assert 0.85 < w * h / 256**2 < 1.15
+
+
+def test_edge_rings_count_cells_to_the_nearest_edge_per_grid():
+    rings = edge_rings([(4, 5), (7, 7)], cap=2)
+    assert rings[:20].view(4, 5).tolist() == [
+        [0, 0, 0, 0, 0],
+        [0, 1, 1, 1, 0],
+        [0, 1, 1, 1, 0],
+        [0, 0, 0, 0, 0],
+    ]
+    second = rings[20:].view(7, 7)
+    assert second[3, 3] == 2 and second[2, 2] == 2  # 3 and 2 cells in: capped at 2
+    assert second[1, 3] == 1 and second[6, 3] == 0
 
 
 def run_auto(env_extra):

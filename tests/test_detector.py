@@ -4,10 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from subspace.backbone import load_backbone
 from subspace.detector import Config, Detector
+from subspace.features import edge_rings
 from subspace.synthetic import make_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,3 +141,37 @@ def test_unfitted_and_invalid_configs_fail_clearly(lite0):
         Config(ratio=0)
     with pytest.raises(ValueError, match="method"):
         Config(method="magic")
+
+
+def test_border_aware_support_codes_each_patch_from_its_own_edge_ring(lite0, tmp_path):
+    """rings=2: every atom of a patch's support lies as far from its reference's edge as the
+    patch from its query's edge (0, 1, or 2+ cells); the nearest-neighbour baseline and the
+    saved detector are unaffected."""
+    g = torch.Generator().manual_seed(0)
+    refs = [torch.randn(16, 9, 11, generator=g), torch.randn(16, 8, 13, generator=g)]
+    query = torch.randn(16, 10, 12, generator=g)
+    preds = {}
+    for rings in (0, 2):
+        det = Detector(Config(backbone="lite0", k=8, rings=rings), lite0)
+        det.fit_features(refs, [(88, 72), (104, 64)], lambda f, m: None)
+        preds[rings] = det.predict_features(query, (96, 80))
+    assert det.ring_cap == 2
+    atom_ring = det.atom_rings(2)[torch.from_numpy(preds[2].index)]  # (h*w, K)
+    query_ring = edge_rings([(10, 12)], 2)
+    assert (atom_ring == query_ring[:, None]).all()
+    plain_ring = det.atom_rings(2)[torch.from_numpy(preds[0].index)]
+    assert not (plain_ring == query_ring[:, None]).all()  # without rings, supports mix
+    np.testing.assert_array_equal(preds[0].knn.patch_scores, preds[2].knn.patch_scores)
+    det.save(tmp_path / "det")
+    again = Detector.load(tmp_path / "det", backbone=lite0).predict_features(query, (96, 80))
+    np.testing.assert_array_equal(again.sgfr.heatmap, preds[2].sgfr.heatmap)
+
+
+def test_border_rings_are_merged_until_each_holds_k_atoms(lite0):
+    """A 5 x 5 reference has 16 edge cells, 8 one cell in and 1 centre cell: with K = 9 the
+    centre joins ring 1 (cap 1, 9 atoms); with K = 10 every cell codes over the whole bank."""
+    ref = [torch.randn(16, 5, 5, generator=torch.Generator().manual_seed(1))]
+    for k, cap in ((9, 1), (10, 0)):
+        det = Detector(Config(backbone="lite0", k=k, rings=4), lite0)
+        det.fit_features(ref, [(40, 40)], lambda f, m: None)
+        assert det.ring_cap == cap

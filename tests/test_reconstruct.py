@@ -89,6 +89,29 @@ def test_knn_matches_brute_force_and_respects_exclusion():
     assert not banned.gather(1, idx2).any()
 
 
+def test_restricted_supports_leave_the_nearest_distance_alone():
+    """``restrict`` keeps atoms out of the K neighbours (and the codes), never out of nn_dist:
+    the nearest-neighbour baseline stays the plain nearest-neighbour distance."""
+    g = torch.Generator().manual_seed(2)
+    q, bank = torch.randn(40, 6, generator=g), torch.randn(80, 6, generator=g)
+    half = torch.arange(80) % 2 == 0  # targets may use the even atoms only
+    plain = code(q, bank, 5, 0.1, 0.5, affine=True, chunk=16)
+    kept = code(
+        q,
+        bank,
+        5,
+        0.1,
+        0.5,
+        affine=True,
+        chunk=16,
+        restrict=lambda r: ~half.expand(r.stop - r.start, -1),
+    )
+    assert half[kept.index].all()
+    assert not half[plain.index].all()  # the restriction changed the supports
+    torch.testing.assert_close(kept.nn_dist, torch.cdist(q, bank).amin(1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(kept.nn_dist, plain.nn_dist)
+
+
 def test_bank_feature_rebuilds_itself_only_with_the_diagonal():
     g = torch.Generator().manual_seed(2)
     bank = torch.randn(200, 32, generator=g)  # generic points: none is a combination of 8 others
