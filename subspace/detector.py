@@ -71,6 +71,18 @@ class Config:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
 
 
+def same_ring(rows: torch.Tensor, atoms: torch.Tensor) -> reconstruct.Exclude:
+    """Support mask of border-aware coding: atoms outside a target's edge ring are off."""
+    return lambda sl: rows[sl, None] != atoms[None, :]
+
+
+def fit_cap(rings: int, k: int, rings_of: Callable[[int], torch.Tensor]) -> int:
+    """``rings`` lowered until every ring of ``rings_of(cap)`` holds at least ``k`` atoms."""
+    while rings > 0 and torch.bincount(rings_of(rings), minlength=rings + 1).min() < k:
+        rings -= 1
+    return rings
+
+
 @dataclass
 class Scored:
     """One scorer's verdict on a query."""
@@ -154,14 +166,8 @@ class Detector:
     def _code(self, rows: torch.Tensor, grids, exclude=None) -> reconstruct.Code:
         """Code ``rows`` (the patches of maps with (h, w) ``grids``) over the bank."""
         c = self.config
-        restrict = None
         cap = self.ring_cap
-        if cap > 0:  # border-aware support: atoms of the patch's own edge ring only
-            ring, atom_ring = feats.edge_rings(grids, cap), self.atom_rings(cap)
-
-            def restrict(sl: slice) -> torch.Tensor:
-                return ring[sl, None] != atom_ring[None, :]
-
+        restrict = same_ring(feats.edge_rings(grids, cap), self.atom_rings(cap)) if cap else None
         return reconstruct.code(
             rows,
             self.bank,
@@ -186,13 +192,7 @@ class Detector:
     @property
     def ring_cap(self) -> int:
         """Config.rings, lowered until every ring holds at least K atoms of the bank."""
-        cap = self.config.rings
-        while (
-            cap > 0
-            and torch.bincount(self.atom_rings(cap), minlength=cap + 1).min() < self.config.k
-        ):
-            cap -= 1
-        return cap
+        return fit_cap(self.config.rings, self.config.k, self.atom_rings)
 
     def _patch_scores(self, coded: reconstruct.Code) -> dict[str, torch.Tensor]:
         """Both scorers' (M,) patch scores: residual norm (SGFR), nearest distance (k-NN)."""
@@ -253,8 +253,18 @@ class Detector:
             codes, sampler = None, make_sampler(c.sampling, c.ratio, c.seed)
             if isinstance(sampler, UsageSampler):  # usage needs the bank's self-expression
                 say(0.35, "learning subspaces (self-expression)")
-                codes = reconstruct.self_expression(
-                    rows, c.k, c.lam, c.alpha, c.affine, c.nonneg, c.support
+                grids = self.ref_grids
+                cap = fit_cap(c.rings, c.k, lambda r: feats.edge_rings(grids, r))
+                ring = feats.edge_rings(grids, cap)
+                codes = reconstruct.self_expression(  # with the supports predict will use
+                    rows,
+                    c.k,
+                    c.lam,
+                    c.alpha,
+                    c.affine,
+                    c.nonneg,
+                    c.support,
+                    restrict=same_ring(ring, ring) if cap else None,
                 )
             say(0.55, f"sampling the bank ({c.sampling}, {c.ratio:.0%})")
             keep = sampler.run(rows, codes)

@@ -202,16 +202,37 @@ def code(
 
 
 def self_expression(
-    bank: torch.Tensor, k: int, lam: float, alpha: float, affine=False, nonneg=False, metric="l2"
+    bank: torch.Tensor,
+    k: int,
+    lam: float,
+    alpha: float,
+    affine=False,
+    nonneg=False,
+    metric="l2",
+    restrict: Exclude | None = None,
 ) -> Code:
-    """Code every bank feature by the others (diagonal excluded): the subspace structure."""
+    """Code every bank feature by the others (diagonal excluded): the subspace structure.
+
+    ``restrict``: as in :func:`code`, atoms a feature's support may not use.
+    """
     n = bank.shape[0]
 
     def not_self(rows: slice) -> torch.Tensor:
         q = torch.arange(rows.start, rows.stop).unsqueeze(1)  # (m, 1)
         return q == torch.arange(n).unsqueeze(0)  # (m, N)
 
-    return code(bank, bank, k, lam, alpha, affine, nonneg, exclude=not_self, metric=metric)
+    return code(
+        bank,
+        bank,
+        k,
+        lam,
+        alpha,
+        affine,
+        nonneg,
+        exclude=not_self,
+        metric=metric,
+        restrict=restrict,
+    )
 
 
 def usage(coded: Code, n_atoms: int, weight: torch.Tensor | None = None) -> torch.Tensor:
