@@ -147,8 +147,9 @@ def main() -> None:
     ap.add_argument("--max-test", type=int, default=200, help="test images (0: all)")
     ap.add_argument("--subspaces", nargs="*", default=["64/8/4", "256/4/4"], help="G/r/M")
     ap.add_argument("--shares", type=float, nargs="*", default=[1.0, 0.25, 0.05])
+    ap.add_argument("--rings", type=int, default=Config.rings, help="border-aware support")
     args = ap.parse_args()
-    det = Detector(Config(backbone="lite0"), load_backbone("lite0"))
+    det = Detector(Config(backbone="lite0", rings=args.rings), load_backbone("lite0"))
     per_seed = [score_seed(det, args, seed) for seed in args.seeds]
     print("| scoring | pixel AUROC | PRO | pixel AP | image AUROC |")
     print("|---|---|---|---|---|")

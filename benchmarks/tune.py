@@ -68,10 +68,11 @@ VARIANTS: dict[str, dict] = {
     "elastic net K=16 sigma=2": dict(k=16, sigma=2.0),
     "elastic net K=16 sigma=8": dict(k=16, sigma=8.0),
     "default, image score = maximum of the map": dict(k=32, image_score="max"),
-    "default, border-aware support rings=2": dict(k=32, rings=2),
-    "default, border-aware support rings=4": dict(k=32, rings=4),
-    "default, border-aware support rings=6": dict(k=32, rings=6),
-    "default, border-aware support rings=8": dict(k=32, rings=8),
+    "border-aware support off, rings=0 (K=32)": dict(k=32, rings=0),
+    "border-aware support rings=2 (K=32)": dict(k=32, rings=2),
+    "border-aware support rings=4 (K=32)": dict(k=32, rings=4),
+    "border-aware support rings=6 (K=32)": dict(k=32, rings=6),
+    "border-aware support rings=8 (K=32)": dict(k=32, rings=8),
 }
 
 
@@ -171,6 +172,12 @@ def main() -> None:
         choices=sorted(AUGMENTS),
         help="also put these transforms of each reference into the bank",
     )
+    ap.add_argument(
+        "--rings",
+        type=int,
+        default=Config.rings,
+        help="border-aware support of every variant that does not set its own (0: off)",
+    )
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     args = ap.parse_args()
     use_stages(args.backbone, args.stages)
@@ -185,7 +192,9 @@ def main() -> None:
             names = [n for n, c in VARIANTS.items() if c.get("keep_aspect", True) == aspect]
             names = [n for n in names if not args.only or n in args.only]
             if names:
-                base = Config(backbone=args.backbone, size=size, keep_aspect=aspect)
+                base = Config(
+                    backbone=args.backbone, size=size, keep_aspect=aspect, rings=args.rings
+                )
                 run(args, bb, base, names)
 
 
