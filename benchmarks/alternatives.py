@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tune import load  # noqa: E402
+from tune import data_args, load  # noqa: E402
 
 from subspace import features as feats  # noqa: E402
 from subspace.backbone import load_backbone  # noqa: E402
@@ -140,14 +140,9 @@ def score_seed(det: Detector, args: argparse.Namespace, seed: int) -> dict[str, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", type=Path)
-    ap.add_argument("--shots", type=int, default=8)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--max-test", type=int, default=200, help="test images (0: all)")
+    ap = data_args(__doc__.splitlines()[0])
     ap.add_argument("--subspaces", nargs="*", default=["64/8/4", "256/4/4"], help="G/r/M")
     ap.add_argument("--shares", type=float, nargs="*", default=[1.0, 0.25, 0.05])
-    ap.add_argument("--rings", type=int, default=Config.rings, help="border-aware support")
     args = ap.parse_args()
     det = Detector(Config(backbone="lite0", rings=args.rings), load_backbone("lite0"))
     per_seed = [score_seed(det, args, seed) for seed in args.seeds]

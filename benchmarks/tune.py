@@ -156,12 +156,24 @@ def run(args: argparse.Namespace, bb, base: Config, names: list[str]) -> None:
         )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def data_args(description: str) -> argparse.ArgumentParser:
+    """The arguments every sweep shares: data folder, references, seeds, test subset, rings."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("data", type=Path)
     ap.add_argument("--shots", type=int, default=8)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--max-test", type=int, default=200, help="test images (0: all)")
+    ap.add_argument(
+        "--rings",
+        type=int,
+        default=Config.rings,
+        help="border-aware support of every variant that does not set its own (0: off)",
+    )
+    return ap
+
+
+def main() -> None:
+    ap = data_args(__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[256])
     ap.add_argument("--backbone", default="lite0")
     ap.add_argument("--stages", type=int, nargs="+", help="backbone stages (default: preset's)")
@@ -171,12 +183,6 @@ def main() -> None:
         default=[],
         choices=sorted(AUGMENTS),
         help="also put these transforms of each reference into the bank",
-    )
-    ap.add_argument(
-        "--rings",
-        type=int,
-        default=Config.rings,
-        help="border-aware support of every variant that does not set its own (0: off)",
     )
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     args = ap.parse_args()
