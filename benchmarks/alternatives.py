@@ -98,8 +98,11 @@ def scorers(det: Detector, args: argparse.Namespace) -> dict[str, Scorer]:
 
     def top(share: float, to_nearest: bool) -> Scorer:
         def fn(y, p):
-            nearest = det.bank[torch.from_numpy(p.index[:, 0])]  # support is nearest first
-            diff = y - nearest if to_nearest else torch.from_numpy(p.residuals)
+            if not to_nearest:
+                return top_share(torch.from_numpy(p.residuals), typical, share)
+            # the nearest atom of the whole bank: with rings, the support holds its ring's only
+            nearest = det.bank[torch.cdist(y, det.bank).argmin(1)]
+            diff = y - nearest
             return top_share(diff, typical, share)
 
         return fn
