@@ -71,11 +71,6 @@ class Config:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
 
 
-def same_ring(rows: torch.Tensor, atoms: torch.Tensor) -> reconstruct.Exclude:
-    """Support mask of border-aware coding: atoms outside a target's edge ring are off."""
-    return lambda sl: rows[sl, None] != atoms[None, :]
-
-
 def fit_cap(rings: int, k: int, rings_of: Callable[[int], torch.Tensor]) -> int:
     """``rings`` lowered until every ring of ``rings_of(cap)`` holds at least ``k`` atoms."""
     while rings > 0 and torch.bincount(rings_of(rings), minlength=rings + 1).min() < k:
@@ -167,7 +162,7 @@ class Detector:
         """Code ``rows`` (the patches of maps with (h, w) ``grids``) over the bank."""
         c = self.config
         cap = self.ring_cap
-        restrict = same_ring(feats.edge_rings(grids, cap), self.atom_rings(cap)) if cap else None
+        groups = (feats.edge_rings(grids, cap), self.atom_rings(cap)) if cap else None
         return reconstruct.code(
             rows,
             self.bank,
@@ -178,7 +173,7 @@ class Detector:
             c.nonneg,
             exclude,
             c.support,
-            restrict=restrict,
+            groups=groups,  # border-aware: supports from the target's own edge ring
         )
 
     def atom_rings(self, cap: int) -> torch.Tensor:
@@ -264,7 +259,7 @@ class Detector:
                     c.affine,
                     c.nonneg,
                     c.support,
-                    restrict=same_ring(ring, ring) if cap else None,
+                    groups=(ring, ring) if cap else None,
                 )
             say(0.55, f"sampling the bank ({c.sampling}, {c.ratio:.0%})")
             keep = sampler.run(rows, codes)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 
 Exclude = Callable[[slice], torch.Tensor]  # query rows -> (m, N) bool: atoms a query may not use
+Groups = tuple[torch.Tensor, torch.Tensor]  # (M,) target, (N,) atom labels: same-label supports
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def knn(
     exclude: Exclude | None = None,
     metric: str = "l2",
     chunk: int = 2048,
-    restrict: Exclude | None = None,
+    groups: Groups | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """K nearest bank rows of each query, plus the L2 distance to the very nearest.
 
@@ -46,8 +47,9 @@ def knn(
         queries: (M, d). bank: (N, d). k: neighbours (clipped to N).
         exclude: optional mask function; excluded atoms are never returned.
         metric: "l2", or "cosine" (nearest in direction: scaled copies count as near).
-        restrict: optional mask function of atoms kept out of the K neighbours only; the
-            nearest-row distance (the baseline's score) still sees them.
+        groups: optional (query labels (M,), bank labels (N,)): a query's K neighbours are
+            drawn from the bank rows with its own label only (each label must have K rows);
+            the nearest-row distance (the baseline's score) still sees every row.
     Returns:
         score (M, k) ascending (squared L2, or 1 - cosine), index (M, k) int64, and
         nn_d2 (M,) the squared L2 distance to the nearest allowed row (k-NN baseline).
@@ -55,6 +57,7 @@ def knn(
     k = min(k, bank.shape[0])
     if metric not in ("l2", "cosine"):
         raise ValueError(f"unknown support metric {metric!r}; choose l2 or cosine")
+    columns = None if groups is None else _label_rows(groups[1], k)
     bank_sq = bank.pow(2).sum(1)  # (N,)
     scores, idx, nn = [], [], []
     for s in range(0, queries.shape[0], chunk):
@@ -66,24 +69,51 @@ def knn(
         rows = slice(s, s + q.shape[0])
         if exclude is not None:
             d2.masked_fill_(exclude(rows), float("inf"))
-        if restrict is not None:  # the baseline's nearest first, then the support's mask
-            nearest = d2.argmin(1)
-            d2.masked_fill_(restrict(rows), float("inf"))
+        dist = d2
         if metric == "cosine":
             d2.add_(q_sq).clamp_min_(0)
             dot = (q_sq + bank_sq - d2) / 2  # recovered from d2; excluded atoms stay inf
             dist = 1 - dot / (q_sq.sqrt() * bank_sq.sqrt()).clamp_min(1e-12)
+        if columns is None:
             v, i = torch.topk(dist, k, dim=1, largest=False)
-            nearest = d2.argmin(1) if restrict is None else nearest
         else:
-            v, i = torch.topk(d2, k, dim=1, largest=False)
+            v, i = _grouped_topk(dist, k, groups[0][rows], columns)
+        nearest = i[:, 0] if metric == "l2" and columns is None else d2.argmin(1)
+        if metric == "l2":
             v = (v + q_sq).clamp_min_(0)
-            nearest = i[:, 0] if restrict is None else nearest
         # Exact distance to the nearest: the expansion above cancels badly for near copies.
         nn.append((q - bank[nearest]).pow(2).sum(1))
         scores.append(v)
         idx.append(i)
     return torch.cat(scores), torch.cat(idx), torch.cat(nn)
+
+
+def _label_rows(labels: torch.Tensor, k: int) -> dict[int, torch.Tensor]:
+    """Bank labels (N,) -> {label: its rows}; every label must hold at least ``k`` rows."""
+    out = {int(v): torch.nonzero(labels == v).flatten() for v in torch.unique(labels)}
+    for v, r in out.items():
+        if len(r) < k:
+            raise ValueError(f"support group {v} has {len(r)} atoms, fewer than K = {k}")
+    return out
+
+
+def _grouped_topk(
+    dist: torch.Tensor, k: int, labels: torch.Tensor, columns: dict[int, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise K smallest of ``dist`` (m, N), each row among the columns of its own label.
+
+    Each label's block is cut out and ranked on its own: cheaper than masking the other
+    labels' columns of the whole matrix, and exactly the same neighbours.
+    """
+    v = dist.new_empty(dist.shape[0], k)
+    i = torch.empty(dist.shape[0], k, dtype=torch.int64)
+    for lab in torch.unique(labels).tolist():
+        if lab not in columns:
+            raise ValueError(f"support group {lab} has no atoms")
+        r, c = torch.nonzero(labels == lab).flatten(), columns[lab]
+        v[r], sub = torch.topk(dist.index_select(0, r).index_select(1, c), k, 1, largest=False)
+        i[r] = c[sub]
+    return v, i
 
 
 def solve(
@@ -171,7 +201,7 @@ def code(
     exclude: Exclude | None = None,
     metric: str = "l2",
     chunk: int = 2048,
-    restrict: Exclude | None = None,
+    groups: Groups | None = None,
 ) -> Code:
     """Code every target over its K nearest dictionary atoms and keep the residuals.
 
@@ -180,18 +210,16 @@ def code(
 
     Args:
         targets: (M, d). dictionary: (N, d). Remaining arguments as :func:`solve`/:func:`knn`;
-        ``restrict`` keeps atoms out of the supports but not out of ``nn_dist``.
+        ``groups`` keeps atoms out of the supports but not out of ``nn_dist``.
     """
     parts = []
     atom_sq = dictionary.pow(2).sum(1)  # (N,) squared norms: the scale lam is relative to
     for s in range(0, targets.shape[0], chunk):
         rows = slice(s, s + chunk)
         y = targets[rows]  # (m, d)
-        sub, lim = (
-            None if f is None else (lambda r, o=s, f=f: f(slice(o + r.start, o + r.stop)))
-            for f in (exclude, restrict)
-        )
-        _, index, nn_d2 = knn(y, dictionary, k, sub, metric, restrict=lim)  # (m, K)
+        sub = None if exclude is None else lambda r, o=s: exclude(slice(o + r.start, o + r.stop))
+        part = None if groups is None else (groups[0][rows], groups[1])
+        _, index, nn_d2 = knn(y, dictionary, k, sub, metric, groups=part)  # (m, K)
         atoms = dictionary[index]  # (m, K, d)
         coef = solve(y, atoms, lam, alpha, affine, nonneg)  # (m, K)
         recon = (coef.unsqueeze(1) @ atoms).squeeze(1)  # (m, d)
@@ -209,11 +237,11 @@ def self_expression(
     affine=False,
     nonneg=False,
     metric="l2",
-    restrict: Exclude | None = None,
+    groups: Groups | None = None,
 ) -> Code:
     """Code every bank feature by the others (diagonal excluded): the subspace structure.
 
-    ``restrict``: as in :func:`code`, atoms a feature's support may not use.
+    ``groups``: as in :func:`code`, (N,) labels twice: supports within a feature's label.
     """
     n = bank.shape[0]
 
@@ -231,7 +259,7 @@ def self_expression(
         nonneg,
         exclude=not_self,
         metric=metric,
-        restrict=restrict,
+        groups=groups,
     )
 
 

@@ -89,27 +89,27 @@ def test_knn_matches_brute_force_and_respects_exclusion():
     assert not banned.gather(1, idx2).any()
 
 
-def test_restricted_supports_leave_the_nearest_distance_alone():
-    """``restrict`` keeps atoms out of the K neighbours (and the codes), never out of nn_dist:
-    the nearest-neighbour baseline stays the plain nearest-neighbour distance."""
+def test_grouped_supports_leave_the_nearest_distance_alone():
+    """``groups`` keeps other labels' atoms out of the K neighbours (and the codes), never out
+    of nn_dist: the nearest-neighbour baseline stays the plain nearest-neighbour distance."""
     g = torch.Generator().manual_seed(2)
     q, bank = torch.randn(40, 6, generator=g), torch.randn(80, 6, generator=g)
-    half = torch.arange(80) % 2 == 0  # targets may use the even atoms only
+    target, atom = torch.arange(40) % 3, torch.arange(80) % 3  # three support groups
     plain = code(q, bank, 5, 0.1, 0.5, affine=True, chunk=16)
-    kept = code(
-        q,
-        bank,
-        5,
-        0.1,
-        0.5,
-        affine=True,
-        chunk=16,
-        restrict=lambda r: ~half.expand(r.stop - r.start, -1),
-    )
-    assert half[kept.index].all()
-    assert not half[plain.index].all()  # the restriction changed the supports
+    kept = code(q, bank, 5, 0.1, 0.5, affine=True, chunk=16, groups=(target, atom))
+    assert (atom[kept.index] == target[:, None]).all()
+    assert not (atom[plain.index] == target[:, None]).all()  # the groups changed the supports
     torch.testing.assert_close(kept.nn_dist, torch.cdist(q, bank).amin(1), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(kept.nn_dist, plain.nn_dist)
+    # the same neighbours as ranking the whole row with the other groups' atoms masked out
+    d2 = torch.cdist(q, bank).pow(2).masked_fill(target[:, None] != atom, float("inf"))
+    assert torch.equal(kept.index, d2.topk(5, largest=False).indices)
+
+
+def test_grouped_supports_need_k_atoms_per_group():
+    q, bank = torch.randn(4, 3), torch.randn(10, 3)
+    with pytest.raises(ValueError, match="fewer than K = 5"):
+        code(q, bank, 5, 0.1, 0.5, groups=(torch.zeros(4, dtype=torch.long), torch.arange(10) % 3))
 
 
 def test_bank_feature_rebuilds_itself_only_with_the_diagonal():
