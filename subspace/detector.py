@@ -245,7 +245,7 @@ class Detector:
         self.n_full, self.ref_sizes = rows.shape[0], list(sizes)
         keep = torch.arange(self.n_full)
         if c.ratio < 1.0:
-            codes, sampler = None, make_sampler(c.sampling, c.ratio, c.seed)
+            codes, strata, sampler = None, None, make_sampler(c.sampling, c.ratio, c.seed)
             if isinstance(sampler, UsageSampler):  # usage needs the bank's self-expression
                 say(0.35, "learning subspaces (self-expression)")
                 grids = self.ref_grids
@@ -261,8 +261,9 @@ class Detector:
                     c.support,
                     groups=(ring, ring) if cap else None,
                 )
+                strata = ring if cap else None  # each ring keeps its share of the budget
             say(0.55, f"sampling the bank ({c.sampling}, {c.ratio:.0%})")
-            keep = sampler.run(rows, codes)
+            keep = sampler.run(rows, codes) if strata is None else sampler.run(rows, codes, strata)
         self.bank, self.positions = rows[keep].contiguous(), pos[keep].contiguous()
         say(0.7, "calibrating (leave-one-out)")
         self._calibrate(rows, pos, len(maps), keep)

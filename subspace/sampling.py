@@ -34,28 +34,56 @@ class UsageSampler:
     ratio: float
     rounds: int = 50  # gains are recomputed this many times (each round keeps 1/rounds)
 
-    def run(self, bank: torch.Tensor, codes: Code | None = None) -> torch.Tensor:
-        """bank (N, d), codes: the self-expression of the bank -> kept rows, in pick order."""
+    def run(
+        self, bank: torch.Tensor, codes: Code | None = None, strata: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """bank (N, d), codes: the self-expression of the bank -> kept rows, in pick order.
+
+        ``strata``: optional (N,) int group of each row (the edge rings, when codes are drawn
+        within a ring). Each group then keeps its own share of the budget, picked greedily by
+        gain inside the group, so that no group's atoms are crowded out by another's.
+        """
         if codes is None:
             raise ValueError("usage sampling needs the self-expressive codes of the bank")
         n, keep = bank.shape[0], budget(bank.shape[0], self.ratio)
+        groups = [torch.arange(n)] if strata is None else _groups(strata)
+        quota = _apportion([len(g) for g in groups], keep)
+        steps = [max(1, -(-q // self.rounds)) for q in quota]
         mass = codes.coef.abs().sum(1).clamp_min(1e-12)  # (N,) |c_i|_1
         share = codes.coef.abs() / mass[:, None]  # (N, K) what each support atom carries
         self_gain = mass.mean()  # keeping j serves j itself, like a typical code
         chosen = torch.zeros(n, dtype=torch.bool)
         served = torch.zeros(n, dtype=mass.dtype)  # (N,) how much of each atom is served
         order: list[torch.Tensor] = []
-        step, done = max(1, -(-keep // self.rounds)), 0
-        while done < keep:
+        done = [0] * len(groups)
+        while sum(done) < keep:
             unserved = (1 - served).clamp_min(0)
             gain = usage(codes, n, unserved) + self_gain * unserved
             gain[chosen] = -1.0
-            pick = torch.topk(gain, min(step, keep - done)).indices
-            chosen[pick] = True
-            order.append(pick)
-            done += len(pick)
+            for i, (rows, q, step) in enumerate(zip(groups, quota, steps, strict=True)):
+                if done[i] < q:
+                    pick = rows[torch.topk(gain[rows], min(step, q - done[i])).indices]
+                    chosen[pick] = True
+                    order.append(pick)
+                    done[i] += len(pick)
             served = torch.where(chosen, 1.0, (share * chosen[codes.index]).sum(1))
         return torch.cat(order)
+
+
+def _groups(strata: torch.Tensor) -> list[torch.Tensor]:
+    """(N,) group labels -> the row indices of each group, in label order."""
+    return [torch.nonzero(strata == s).flatten() for s in torch.unique(strata)]
+
+
+def _apportion(sizes: list[int], total: int) -> list[int]:
+    """Split ``total`` over groups in proportion to ``sizes`` (largest remainders; sum exact)."""
+    n = sum(sizes)
+    exact = [total * s / n for s in sizes]
+    quota = [int(e) for e in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: exact[i] - quota[i], reverse=True)
+    for i in by_remainder[: total - sum(quota)]:
+        quota[i] += 1
+    return quota
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,10 @@ def test_sampling_reduces_the_bank(lite0, ratio, sampling):
     det = Detector(Config(backbone="lite0", ratio=ratio, sampling=sampling), lite0).fit(refs)
     assert det.bank_size == round(det.n_full * ratio)
     assert det.bank_bytes < 0.11 * det.n_full * (det.bank.shape[1] + 3) * 4
+    if sampling == "usage":  # the self-expression stays in each edge ring, so does the budget
+        full = torch.bincount(edge_rings(det.ref_grids, det.config.rings))
+        kept = torch.bincount(det.atom_rings(det.config.rings), minlength=len(full))
+        assert ((kept - full * ratio).abs() < 1).all()
 
 
 def test_one_reference_and_mixed_sizes(lite0, tmp_path):

@@ -50,6 +50,23 @@ def test_usage_sampling_serves_more_of_the_bank_than_top_usage(clustered):
     assert set(CLUSTER[top].tolist()) != set(range(len(SIZES)))  # top usage misses the small
 
 
+def test_usage_sampling_gives_each_stratum_its_share(clustered):
+    """With strata (the edge rings), codes stay inside a stratum and so must the budget: each
+    keeps its share, picked by usage inside it. Unstratified, the big clusters crowd out the
+    small ones' share."""
+    bank, _ = clustered
+    codes = self_expression(bank, 16, lam=0.1, alpha=0.5, affine=True, groups=(CLUSTER, CLUSTER))
+    keep = UsageSampler(0.05, rounds=1).run(bank, codes, strata=CLUSTER)
+    counts = torch.bincount(CLUSTER[keep], minlength=len(SIZES))
+    assert counts.tolist() == [20, 10, 5, 3, 1]  # 5 % of 400, 200, 100, 50, 25 (largest remainders)
+    for c in range(len(SIZES)):  # inside a stratum, the most used atoms go first
+        mine, rows = keep[CLUSTER[keep] == c], torch.nonzero(CLUSTER.eq(c)).flatten()
+        top = rows[torch.topk(usage(codes, len(bank))[rows], len(mine)).indices]
+        assert set(mine.tolist()) == set(top.tolist())
+    flat = UsageSampler(0.05, rounds=1).run(bank, codes)
+    assert torch.bincount(CLUSTER[flat], minlength=len(SIZES)).tolist() != counts.tolist()
+
+
 @pytest.mark.parametrize("name", ["usage", "usage-top", "random", "coreset"])
 def test_samplers_keep_the_budget_of_distinct_rows(clustered, name):
     bank, codes = clustered
