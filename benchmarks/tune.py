@@ -73,6 +73,10 @@ VARIANTS: dict[str, dict] = {
     "border-aware support rings=4 (K=32)": dict(k=32, rings=4),
     "border-aware support rings=6 (K=32)": dict(k=32, rings=6),
     "border-aware support rings=8 (K=32)": dict(k=32, rings=8),
+    "usage sampling 10% (K=32)": dict(k=32, sampling="usage", ratio=0.1),
+    "usage sampling 5% (K=32)": dict(k=32, sampling="usage", ratio=0.05),
+    "random sampling 10% (K=32)": dict(k=32, sampling="random", ratio=0.1),
+    "random sampling 5% (K=32)": dict(k=32, sampling="random", ratio=0.05),
 }
 
 
@@ -135,8 +139,8 @@ def run(args: argparse.Namespace, bb, base: Config, names: list[str]) -> None:
         cfg = dataclasses.replace(base, **VARIANTS[name])
         t0 = time.perf_counter()
         res = {"sgfr": [], "knn": []}
-        for rmaps, rsizes, tmaps, tsizes, masks, labels in cache.values():
-            d = Detector(cfg, bb)
+        for seed, (rmaps, rsizes, tmaps, tsizes, masks, labels) in cache.items():
+            d = Detector(dataclasses.replace(cfg, seed=seed), bb)  # as eval: random draws too
             d.fit_features(rmaps, rsizes, lambda f, m: None)
             preds = [d.predict_features(f, s) for f, s in zip(tmaps, tsizes, strict=True)]
             for m in res:
