@@ -57,7 +57,7 @@ def knn(
     k = min(k, bank.shape[0])
     if metric not in ("l2", "cosine"):
         raise ValueError(f"unknown support metric {metric!r}; choose l2 or cosine")
-    columns = None if groups is None else _label_rows(groups[1], k)
+    columns = None if groups is None else _support_groups(groups[1], k)
     bank_sq = bank.pow(2).sum(1)  # (N,)
     scores, idx, nn = [], [], []
     for s in range(0, queries.shape[0], chunk):
@@ -88,9 +88,14 @@ def knn(
     return torch.cat(scores), torch.cat(idx), torch.cat(nn)
 
 
-def _label_rows(labels: torch.Tensor, k: int) -> dict[int, torch.Tensor]:
+def label_rows(labels: torch.Tensor) -> dict[int, torch.Tensor]:
+    """(N,) integer labels -> {label: its row indices}, in label order."""
+    return {int(v): torch.nonzero(labels == v).flatten() for v in torch.unique(labels)}
+
+
+def _support_groups(labels: torch.Tensor, k: int) -> dict[int, torch.Tensor]:
     """Bank labels (N,) -> {label: its rows}; every label must hold at least ``k`` rows."""
-    out = {int(v): torch.nonzero(labels == v).flatten() for v in torch.unique(labels)}
+    out = label_rows(labels)
     for v, r in out.items():
         if len(r) < k:
             raise ValueError(f"support group {v} has {len(r)} atoms, fewer than K = {k}")

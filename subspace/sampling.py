@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .reconstruct import Code, usage
+from .reconstruct import Code, label_rows, usage
 
 
 def budget(n: int, ratio: float) -> int:
@@ -46,7 +46,7 @@ class UsageSampler:
         if codes is None:
             raise ValueError("usage sampling needs the self-expressive codes of the bank")
         n, keep = bank.shape[0], budget(bank.shape[0], self.ratio)
-        groups = [torch.arange(n)] if strata is None else _groups(strata)
+        groups = [torch.arange(n)] if strata is None else list(label_rows(strata).values())
         quota = _apportion([len(g) for g in groups], keep)
         steps = [max(1, -(-q // self.rounds)) for q in quota]
         mass = codes.coef.abs().sum(1).clamp_min(1e-12)  # (N,) |c_i|_1
@@ -68,11 +68,6 @@ class UsageSampler:
                     done[i] += len(pick)
             served = torch.where(chosen, 1.0, (share * chosen[codes.index]).sum(1))
         return torch.cat(order)
-
-
-def _groups(strata: torch.Tensor) -> list[torch.Tensor]:
-    """(N,) group labels -> the row indices of each group, in label order."""
-    return [torch.nonzero(strata == s).flatten() for s in torch.unique(strata)]
 
 
 def _apportion(sizes: list[int], total: int) -> list[int]:

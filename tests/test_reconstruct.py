@@ -110,6 +110,8 @@ def test_grouped_supports_need_k_atoms_per_group():
     q, bank = torch.randn(4, 3), torch.randn(10, 3)
     with pytest.raises(ValueError, match="fewer than K = 5"):
         code(q, bank, 5, 0.1, 0.5, groups=(torch.zeros(4, dtype=torch.long), torch.arange(10) % 3))
+    with pytest.raises(ValueError, match="group 2 has no atoms"):  # a label the bank lacks
+        code(q, bank, 3, 0.1, 0.5, groups=(torch.full((4,), 2), torch.arange(10) % 2))
 
 
 def test_bank_feature_rebuilds_itself_only_with_the_diagonal():
