@@ -15,6 +15,9 @@ are taken from the full-size maps, so every row is scored alike (image AUROC may
   (leave-one-out), and the mean of the largest share s of them: the "poorly reconstructed
   dimensions" as the score itself. The NN column scores the difference to the nearest atom
   the same way.
+- ``at most P per reference``: the default code, but of a patch's K support atoms at most P
+  may come from any one reference (the K nearest among each reference's P nearest, within the
+  patch's edge ring as the default): supports spread over the references' variation.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tune import data_args, load  # noqa: E402
 
 from subspace import features as feats  # noqa: E402
+from subspace import reconstruct  # noqa: E402
 from subspace.backbone import load_backbone  # noqa: E402
 from subspace.data import load_image, load_mask  # noqa: E402
 from subspace.detector import Config, Detector, Prediction  # noqa: E402
@@ -84,6 +88,32 @@ def top_share(diff: torch.Tensor, typical: torch.Tensor, share: float) -> torch.
     return (diff.abs() / typical).topk(m, dim=1).values.mean(1)
 
 
+def capped_support(d2: torch.Tensor, source: torch.Tensor, k: int, per: int) -> torch.Tensor:
+    """(M, k) indices of the k smallest of each row of ``d2`` (M, N) with at most ``per`` of
+    them from any one ``source`` (N,) label, nearest first."""
+    cand = []
+    for s in source.unique():
+        cols = torch.nonzero(source == s).flatten()
+        cand.append(cols[d2[:, cols].topk(min(per, len(cols)), dim=1, largest=False).indices])
+    cand = torch.cat(cand, 1)  # (M, sum of per-label picks)
+    order = d2.gather(1, cand).topk(k, dim=1, largest=False).indices
+    return cand.gather(1, order)
+
+
+def capped_code_score(det: Detector, y: torch.Tensor, grid: tuple[int, int], per: int):
+    """(M,) residual norms of the default code over supports capped at ``per`` per reference."""
+    c, bank = det.config, det.bank
+    d2 = torch.cdist(y, bank).pow(2)
+    cap = det.ring_cap
+    if cap:  # border-aware, as the default: atoms of the patch's own edge ring only
+        ring = feats.edge_rings([grid], cap)
+        d2.masked_fill_(ring[:, None] != det.atom_rings(cap)[None, :], float("inf"))
+    idx = capped_support(d2, det.positions[:, 0].long(), c.k, per)
+    atoms = bank[idx]  # (M, K, d)
+    coef = reconstruct.solve(y, atoms, c.lam, c.alpha, c.affine, c.nonneg)
+    return (y - (coef.unsqueeze(1) @ atoms).squeeze(1)).norm(dim=1)
+
+
 # (M, d) patch features and their prediction -> (M,) patch scores
 Scorer = Callable[[torch.Tensor, Prediction], torch.Tensor]
 
@@ -119,6 +149,10 @@ def scorers(det: Detector, args: argparse.Namespace) -> dict[str, Scorer]:
     for s in args.shares:
         out[f"top share {s} SGFR"] = top(s, to_nearest=False)
         out[f"top share {s} NN"] = top(s, to_nearest=True)
+    for per in args.per_ref:
+        out[f"SGFR, at most {per} per reference"] = lambda y, p, per=per: capped_code_score(
+            det, y, p.grid, per
+        )
     return out
 
 
@@ -146,6 +180,7 @@ def main() -> None:
     ap = data_args(__doc__.splitlines()[0])
     ap.add_argument("--subspaces", nargs="*", default=["64/8/4", "256/4/4"], help="G/r/M")
     ap.add_argument("--shares", type=float, nargs="*", default=[1.0, 0.25, 0.05])
+    ap.add_argument("--per-ref", type=int, nargs="*", default=[5], help="support atoms cap")
     args = ap.parse_args()
     det = Detector(Config(backbone="lite0", rings=args.rings), load_backbone("lite0"))
     per_seed = [score_seed(det, args, seed) for seed in args.seeds]

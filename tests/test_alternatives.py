@@ -1,7 +1,7 @@
 """The alternative scorings of benchmarks/alternatives.py measure what their names say."""
 
 import torch
-from alternatives import kmeans, subspace_distance, subspaces, top_share
+from alternatives import capped_support, kmeans, subspace_distance, subspaces, top_share
 
 
 def test_union_of_subspaces_scores_distance_to_the_nearest_plane():
@@ -31,3 +31,11 @@ def test_top_share_averages_the_largest_standardised_dimensions():
     assert top_share(diff, typical, 0.25).item() == 4.0  # the single largest
     assert top_share(diff, typical, 0.5).item() == 3.0  # mean of 4 and 2
     assert top_share(diff, typical, 1.0).item() == 7.0 / 4
+
+
+def test_capped_support_takes_the_nearest_with_at_most_per_from_each_source():
+    d2 = torch.tensor([[0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0]])
+    source = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    assert capped_support(d2, source, 4, per=4).tolist() == [[0, 1, 2, 3]]  # no cap binds
+    assert capped_support(d2, source, 4, per=2).tolist() == [[0, 1, 4, 5]]
+    assert capped_support(d2, source, 3, per=1).tolist() == [[0, 4, 6]]  # one from each
