@@ -92,8 +92,7 @@ def capped_support(d2: torch.Tensor, source: torch.Tensor, k: int, per: int) -> 
     """(M, k) indices of the k smallest of each row of ``d2`` (M, N) with at most ``per`` of
     them from any one ``source`` (N,) label, nearest first."""
     cand = []
-    for s in source.unique():
-        cols = torch.nonzero(source == s).flatten()
+    for cols in reconstruct.label_rows(source).values():
         cand.append(cols[d2[:, cols].topk(min(per, len(cols)), dim=1, largest=False).indices])
     cand = torch.cat(cand, 1)  # (M, sum of per-label picks)
     order = d2.gather(1, cand).topk(k, dim=1, largest=False).indices

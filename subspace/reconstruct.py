@@ -112,10 +112,10 @@ def _grouped_topk(
     """
     v = dist.new_empty(dist.shape[0], k)
     i = torch.empty(dist.shape[0], k, dtype=torch.int64)
-    for lab in torch.unique(labels).tolist():
+    for lab, r in label_rows(labels).items():
         if lab not in columns:
             raise ValueError(f"support group {lab} has no atoms")
-        r, c = torch.nonzero(labels == lab).flatten(), columns[lab]
+        c = columns[lab]
         v[r], sub = torch.topk(dist.index_select(0, r).index_select(1, c), k, 1, largest=False)
         i[r] = c[sub]
     return v, i
