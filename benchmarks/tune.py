@@ -77,6 +77,13 @@ VARIANTS: dict[str, dict] = {
     "usage sampling 5% (K=32)": dict(k=32, sampling="usage", ratio=0.05),
     "random sampling 10% (K=32)": dict(k=32, sampling="random", ratio=0.1),
     "random sampling 5% (K=32)": dict(k=32, sampling="random", ratio=0.05),
+    "support of the K nearest, pool=0 (K=32)": dict(k=32, pool=0),
+    "support spread over the 64 nearest (K=32)": dict(k=32, pool=64),
+    "support spread over the 128 nearest (K=32)": dict(k=32, pool=128),
+    "support spread over the 256 nearest (K=32)": dict(k=32, pool=256),
+    "support spread over the 512 nearest (K=32)": dict(k=32, pool=512),
+    "support spread over the 1024 nearest (K=32)": dict(k=32, pool=1024),
+    "support spread over the 256 nearest (K=16)": dict(k=16, pool=256),
 }
 
 
@@ -161,7 +168,7 @@ def run(args: argparse.Namespace, bb, base: Config, names: list[str]) -> None:
 
 
 def data_args(description: str) -> argparse.ArgumentParser:
-    """The arguments every sweep shares: data folder, references, seeds, test subset, rings."""
+    """The arguments every sweep shares: data folder, references, seeds, test subset, supports."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("data", type=Path)
     ap.add_argument("--shots", type=int, default=8)
@@ -172,6 +179,13 @@ def data_args(description: str) -> argparse.ArgumentParser:
         type=int,
         default=Config.rings,
         help="border-aware support of every variant that does not set its own (0: off)",
+    )
+    ap.add_argument(
+        "--pool",
+        type=int,
+        default=Config.pool,
+        help="supports spread over this many nearest, for every variant that does not set "
+        "its own (0: the K nearest)",
     )
     return ap
 
@@ -203,7 +217,11 @@ def main() -> None:
             names = [n for n in names if not args.only or n in args.only]
             if names:
                 base = Config(
-                    backbone=args.backbone, size=size, keep_aspect=aspect, rings=args.rings
+                    backbone=args.backbone,
+                    size=size,
+                    keep_aspect=aspect,
+                    rings=args.rings,
+                    pool=args.pool,
                 )
                 run(args, bb, base, names)
 

@@ -40,7 +40,8 @@ class Config:
     size: int = 256  # pixel budget: images keep their aspect ratio at about size x size pixels
     keep_aspect: bool = True  # False: squash every image to size x size
     method: str = "sgfr"  # primary scorer: "sgfr" (reconstruction) or "knn" (nearest neighbour)
-    k: int = 32  # support: each feature is coded over its K nearest atoms
+    k: int = 32  # support: each feature is coded over K atoms near it
+    pool: int = 256  # ... spread evenly by rank over its pool nearest (pool <= k: the K nearest)
     support: str = "l2"  # nearness for the support: "l2", or "cosine" (scaled copies are near)
     rings: int = 6  # support from atoms as many cells from the edge, counted up to rings (0: any)
     lam: float = 0.1  # regularisation, relative to the atoms' mean squared norm
@@ -62,10 +63,10 @@ class Config:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.k < 1 or self.size < 32 or self.rings < 0:
+        if self.k < 1 or self.pool < 0 or self.size < 32 or self.rings < 0:
             raise ValueError(
-                f"need k >= 1, size >= 32 and rings >= 0, got k={self.k}, size={self.size}, "
-                f"rings={self.rings}"
+                f"need k >= 1, pool >= 0, size >= 32 and rings >= 0, got k={self.k}, "
+                f"pool={self.pool}, size={self.size}, rings={self.rings}"
             )
         if not 0 < self.ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
@@ -174,6 +175,7 @@ class Detector:
             exclude,
             c.support,
             groups=groups,  # border-aware: supports from the target's own edge ring
+            pool=c.pool,
         )
 
     def atom_rings(self, cap: int) -> torch.Tensor:
@@ -260,6 +262,7 @@ class Detector:
                     c.nonneg,
                     c.support,
                     groups=(ring, ring) if cap else None,
+                    pool=c.pool,
                 )
                 strata = ring if cap else None  # each ring keeps its share of the budget
             say(0.55, f"sampling the bank ({c.sampling}, {c.ratio:.0%})")
@@ -410,6 +413,7 @@ class Detector:
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: unsupported detector format {meta.get('format')!r}")
         known = {f.name for f in fields(Config)}
+        meta["config"].setdefault("pool", 0)  # saved before supports were spread: K nearest
         det = cls(Config(**{k: v for k, v in meta["config"].items() if k in known}), backbone)
         tensors = load_file(path / "bank.safetensors")
         det.bank, det.positions = tensors["bank"], tensors["positions"]

@@ -40,11 +40,16 @@ def knn(
     metric: str = "l2",
     chunk: int = 2048,
     groups: Groups | None = None,
+    pool: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """K nearest bank rows of each query, plus the L2 distance to the very nearest.
+    """K nearest bank rows of each query (or K spread over the ``pool`` nearest), plus the L2
+    distance to the very nearest.
 
     Args:
         queries: (M, d). bank: (N, d). k: neighbours (clipped to N).
+        pool: if larger than k, the K rows are spread evenly by rank over the ``pool`` nearest
+            allowed rows (ranks 0, pool/K, 2 pool/K, ...; the nearest is always one of them),
+            so that a support spans its neighbourhood instead of its closest near-copies.
         exclude: optional mask function; excluded atoms are never returned.
         metric: "l2", or "cosine" (nearest in direction: scaled copies count as near).
         groups: optional (query labels (M,), bank labels (N,)): a query's K neighbours are
@@ -75,9 +80,9 @@ def knn(
             dot = (q_sq + bank_sq - d2) / 2  # recovered from d2; excluded atoms stay inf
             dist = 1 - dot / (q_sq.sqrt() * bank_sq.sqrt()).clamp_min(1e-12)
         if columns is None:
-            v, i = torch.topk(dist, k, dim=1, largest=False)
+            v, i = spread_topk(dist, k, pool)
         else:
-            v, i = _grouped_topk(dist, k, groups[0][rows], columns)
+            v, i = _grouped_topk(dist, k, pool, groups[0][rows], columns)
         nearest = i[:, 0] if metric == "l2" and columns is None else d2.argmin(1)
         if metric == "l2":
             v = (v + q_sq).clamp_min_(0)
@@ -102,10 +107,25 @@ def _support_groups(labels: torch.Tensor, k: int) -> dict[int, torch.Tensor]:
     return out
 
 
+def spread_topk(dist: torch.Tensor, k: int, pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise K of the ``pool`` smallest entries of ``dist`` (m, N), evenly spaced by rank.
+
+    ``pool <= k`` gives the K smallest. Infinite (excluded) entries do not count towards a
+    row's pool, so the ranks spread over the allowed entries only. Ascending, rank 0 first.
+    """
+    pool = min(max(pool, k), dist.shape[1])
+    v, i = torch.topk(dist, pool, dim=1, largest=False)
+    if pool == k:
+        return v, i
+    allowed = torch.isfinite(v).sum(1, keepdim=True).clamp_min(k)  # (m, 1)
+    ranks = torch.arange(k) * allowed // k  # (m, K): 0, n/K, 2n/K, ...
+    return v.gather(1, ranks), i.gather(1, ranks)
+
+
 def _grouped_topk(
-    dist: torch.Tensor, k: int, labels: torch.Tensor, columns: dict[int, torch.Tensor]
+    dist: torch.Tensor, k: int, pool: int, labels: torch.Tensor, columns: dict[int, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise K smallest of ``dist`` (m, N), each row among the columns of its own label.
+    """Row-wise :func:`spread_topk` of ``dist`` (m, N), each row among its own label's columns.
 
     Each label's block is cut out and ranked on its own: cheaper than masking the other
     labels' columns of the whole matrix, and exactly the same neighbours.
@@ -116,7 +136,7 @@ def _grouped_topk(
         if lab not in columns:
             raise ValueError(f"support group {lab} has no atoms")
         c = columns[lab]
-        v[r], sub = torch.topk(dist.index_select(0, r).index_select(1, c), k, 1, largest=False)
+        v[r], sub = spread_topk(dist.index_select(0, r).index_select(1, c), k, pool)
         i[r] = c[sub]
     return v, i
 
@@ -207,8 +227,10 @@ def code(
     metric: str = "l2",
     chunk: int = 2048,
     groups: Groups | None = None,
+    pool: int = 0,
 ) -> Code:
-    """Code every target over its K nearest dictionary atoms and keep the residuals.
+    """Code every target over its K nearest dictionary atoms (or K spread over the ``pool``
+    nearest, see :func:`knn`) and keep the residuals.
 
     Targets are processed ``chunk`` rows at a time, so memory stays bounded (the gathered
     atoms alone are chunk x K x d floats) however large the bank or the query.
@@ -224,7 +246,7 @@ def code(
         y = targets[rows]  # (m, d)
         sub = None if exclude is None else lambda r, o=s: exclude(slice(o + r.start, o + r.stop))
         part = None if groups is None else (groups[0][rows], groups[1])
-        _, index, nn_d2 = knn(y, dictionary, k, sub, metric, groups=part)  # (m, K)
+        _, index, nn_d2 = knn(y, dictionary, k, sub, metric, groups=part, pool=pool)  # (m, K)
         atoms = dictionary[index]  # (m, K, d)
         coef = solve(y, atoms, lam, alpha, affine, nonneg)  # (m, K)
         recon = (coef.unsqueeze(1) @ atoms).squeeze(1)  # (m, d)
@@ -243,10 +265,12 @@ def self_expression(
     nonneg=False,
     metric="l2",
     groups: Groups | None = None,
+    pool: int = 0,
 ) -> Code:
     """Code every bank feature by the others (diagonal excluded): the subspace structure.
 
     ``groups``: as in :func:`code`, (N,) labels twice: supports within a feature's label.
+    ``pool``: as in :func:`knn`.
     """
     n = bank.shape[0]
 
@@ -265,6 +289,7 @@ def self_expression(
         exclude=not_self,
         metric=metric,
         groups=groups,
+        pool=pool,
     )
 
 
