@@ -114,6 +114,36 @@ def test_grouped_supports_need_k_atoms_per_group():
         code(q, bank, 3, 0.1, 0.5, groups=(torch.full((4,), 2), torch.arange(10) % 2))
 
 
+def test_spread_supports_take_every_nth_of_the_pool_nearest():
+    """``pool``: K atoms at ranks 0, P/K, 2P/K, ... of the P nearest; the nearest always in."""
+    g = torch.Generator().manual_seed(4)
+    q, bank = torch.randn(30, 5, generator=g), torch.randn(300, 5, generator=g)
+    order = torch.cdist(q, bank).argsort(1)  # (30, 300) atoms by rank
+    _, idx, nn = knn(q, bank, 8, pool=64)
+    assert torch.equal(idx, order[:, 0:64:8])
+    _, near, nn_plain = knn(q, bank, 8)
+    assert torch.equal(near, order[:, :8]) and torch.equal(knn(q, bank, 8, pool=8)[1], near)
+    torch.testing.assert_close(nn, nn_plain)  # the baseline's distance does not move
+    spread_all = order[:, torch.arange(8) * 300 // 8]  # P > N: spread over the whole bank
+    assert torch.equal(knn(q, bank, 8, pool=1000)[1], spread_all)
+
+
+def test_spread_supports_count_only_allowed_atoms():
+    """Excluded atoms and other groups' atoms never enter the pool, nor shrink the spread."""
+    g = torch.Generator().manual_seed(5)
+    q, bank = torch.randn(20, 4, generator=g), torch.randn(200, 4, generator=g)
+    odd = torch.arange(200) % 2 == 1
+    _, idx, _ = knn(
+        q, bank, 5, exclude=lambda rows: odd.expand(rows.stop - rows.start, -1), pool=50
+    )
+    evens = torch.cdist(q, bank).masked_fill(odd, float("inf")).argsort(1)
+    assert torch.equal(idx, evens[:, 0:50:10])
+    target, atom = torch.arange(20) % 2, torch.arange(200) % 2  # a group of 100 atoms: P clips
+    _, idx, _ = knn(q, bank, 5, groups=(target, atom), pool=400)
+    same = torch.cdist(q, bank).masked_fill(target[:, None] != atom, float("inf")).argsort(1)
+    assert torch.equal(idx, same[:, 0:100:20])
+
+
 def test_bank_feature_rebuilds_itself_only_with_the_diagonal():
     g = torch.Generator().manual_seed(2)
     bank = torch.randn(200, 32, generator=g)  # generic points: none is a combination of 8 others
