@@ -68,8 +68,9 @@ SOURCES_MD = (
 )
 FOOTER = (
     "**How it works.** Each patch feature of the query is rebuilt as a sparse, affine "
-    "combination of its nearest normal patch features that lie as far from their image's "
-    "edge (self-expressive subspaces); what cannot be rebuilt is anomalous. The baseline "
+    "combination of normal patch features spread over its neighbourhood that lie as far "
+    "from their image's edge (self-expressive subspaces); what cannot be rebuilt is "
+    "anomalous. The baseline "
     "(PatchCore-style) only measures the distance to the single closest normal patch. The fit "
     "runs once per set of references and backbone and is reused for every further query. "
     "Ball screw images: BSData, Schlagenhauf et al. 2021, CC BY-SA 4.0."
