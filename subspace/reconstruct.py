@@ -47,14 +47,14 @@ def knn(
 
     Args:
         queries: (M, d). bank: (N, d). k: neighbours (clipped to N).
-        pool: if larger than k, the K rows are spread evenly by rank over the ``pool`` nearest
-            allowed rows (ranks 0, pool/K, 2 pool/K, ...; the nearest is always one of them),
-            so that a support spans its neighbourhood instead of its closest near-copies.
         exclude: optional mask function; excluded atoms are never returned.
         metric: "l2", or "cosine" (nearest in direction: scaled copies count as near).
         groups: optional (query labels (M,), bank labels (N,)): a query's K neighbours are
             drawn from the bank rows with its own label only (each label must have K rows);
             the nearest-row distance (the baseline's score) still sees every row.
+        pool: if larger than k, the K rows are spread evenly by rank over the ``pool`` nearest
+            allowed rows (ranks 0, pool/K, 2 pool/K, ...; the nearest is always one of them),
+            so that a support spans its neighbourhood instead of its closest near-copies.
     Returns:
         score (M, k) ascending (squared L2, or 1 - cosine), index (M, k) int64, and
         nn_d2 (M,) the squared L2 distance to the nearest allowed row (k-NN baseline).
