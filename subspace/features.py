@@ -94,6 +94,7 @@ def extract(
         for j in range(0, len(idx), batch):
             part = idx[j : j + batch]
             f = aggregate(backbone(to_tensor([images[i] for i in part], size))).float()
+            f = f.contiguous()  # plain (d, h, w) maps whatever layout the backbone used
             for i, fi in zip(part, f, strict=True):
                 out[i] = fi
     return out
