@@ -41,7 +41,9 @@ class Config:
     keep_aspect: bool = True  # False: squash every image to size x size
     method: str = "sgfr"  # primary scorer: "sgfr" (reconstruction) or "knn" (nearest neighbour)
     k: int = 32  # support: each feature is coded over K atoms near it
-    pool: int = 256  # ... spread evenly by rank over its pool nearest (pool <= k: the K nearest)
+    # ... spread evenly by rank over its pool nearest (pool <= k: the K nearest); the pool is
+    # counted in the full bank: a sampled bank scales it by the share of atoms kept
+    pool: int = 256
     support: str = "l2"  # nearness for the support: "l2", or "cosine" (scaled copies are near)
     rings: int = 6  # support from atoms as many cells from the edge, counted up to rings (0: any)
     lam: float = 0.1  # regularisation, relative to the atoms' mean squared norm
@@ -159,8 +161,12 @@ class Detector:
             rows = F.normalize(rows, dim=1)
         return rows, [tuple(f.shape[1:]) for f in maps]
 
-    def _code(self, rows: torch.Tensor, grids, exclude=None) -> reconstruct.Code:
-        """Code ``rows`` (the patches of maps with (h, w) ``grids``) over the bank."""
+    def _code(self, rows: torch.Tensor, grids, exclude=None, share=1.0) -> reconstruct.Code:
+        """Code ``rows`` (the patches of maps with (h, w) ``grids``) over the bank.
+
+        ``share``: the part of the bank ``exclude`` leaves a row (about (k-1)/k when leaving
+        one reference out), so that its support spreads over the same neighbourhood.
+        """
         c = self.config
         cap = self.ring_cap
         groups = (feats.edge_rings(grids, cap), self.atom_rings(cap)) if cap else None
@@ -175,8 +181,18 @@ class Detector:
             exclude,
             c.support,
             groups=groups,  # border-aware: supports from the target's own edge ring
-            pool=c.pool,
+            pool=self.support_pool(share),
         )
+
+    def support_pool(self, share: float = 1.0) -> int:
+        """Config.pool, counted in the full bank, scaled to the atoms a support draws from.
+
+        The pool stands for a neighbourhood of the full bank. A bank sampled down to 10 % holds
+        a tenth as many atoms in that neighbourhood, so a support spreads over a tenth as many
+        nearest atoms (the K nearest when that is K or fewer); otherwise it would reach ten times
+        as far.
+        """
+        return round(self.config.pool * share * self.bank_size / max(self.n_full, 1))
 
     def atom_rings(self, cap: int) -> torch.Tensor:
         """(N',) edge ring of each bank atom's cell in its reference, capped at ``cap``."""
@@ -287,7 +303,7 @@ class Detector:
             )
             return same & near
 
-        coded = self._code(rows, self.ref_grids, exclude)
+        coded = self._code(rows, self.ref_grids, exclude, share=(k - 1) / k if k > 1 else 1.0)
         self.atom_err = coded.residual.norm(dim=1)[keep].contiguous()
         if self.config.standardize:  # RMS per dimension; floor keeps dead dims from exploding
             rms = coded.residual.pow(2).mean(0).sqrt()
@@ -391,6 +407,7 @@ class Detector:
             config=asdict(self.config) | {"backbone": self.backbone.name},
             ref_grids=[list(g) for g in self.ref_grids],
             n_full=self.n_full,
+            pool_of="full bank",  # Config.pool is scaled to the bank kept (support_pool)
             ref_sizes=[list(s) for s in self.ref_sizes],
             calibration={k: v.to_dict() for k, v in self.calibration.items()},
             fit_seconds=self.fit_seconds,
@@ -412,10 +429,13 @@ class Detector:
         meta = json.loads((path / "config.json").read_text())
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: unsupported detector format {meta.get('format')!r}")
+        tensors = load_file(path / "bank.safetensors")
         known = {f.name for f in fields(Config)}
         meta["config"].setdefault("pool", 0)  # saved before supports were spread: K nearest
+        if "pool_of" not in meta:  # saved when the pool was counted in the bank kept
+            kept = tensors["bank"].shape[0]
+            meta["config"]["pool"] = round(meta["config"]["pool"] * meta["n_full"] / kept)
         det = cls(Config(**{k: v for k, v in meta["config"].items() if k in known}), backbone)
-        tensors = load_file(path / "bank.safetensors")
         det.bank, det.positions = tensors["bank"], tensors["positions"]
         det.dim_scale = tensors.get("dim_scale")
         det.atom_err = tensors["atom_err"]

@@ -98,9 +98,34 @@ def test_save_load_round_trip_and_redrawn_maps_are_identical(ballscrew, lite0, t
     np.testing.assert_array_equal(before.coef, after.coef)
     # a detector saved before supports were spread keeps coding over the K nearest
     meta = json.loads((tmp_path / "det" / "config.json").read_text())
-    del meta["config"]["pool"]
+    del meta["config"]["pool"], meta["pool_of"]
     (tmp_path / "det" / "config.json").write_text(json.dumps(meta))
     assert Detector.load(tmp_path / "det", backbone=lite0).config.pool == 0
+
+
+def test_a_sampled_bank_spreads_supports_over_the_same_neighbourhood(lite0, tmp_path):
+    """Config.pool counts atoms of the full bank: a bank sampled to a quarter spreads each
+    support over a quarter as many nearest atoms, a tenth over the K nearest (26 < K = 32)."""
+    refs = [rgb(p) for p in sorted((BALLSCREW / "normal").glob("*.jpg"))[:3]]
+    query = rgb(BALLSCREW / "query" / "01_200907090805_635000_270_crop_2.jpg")
+
+    def fit(ratio, pool):
+        return Detector(Config(backbone="lite0", sampling="random", ratio=ratio, pool=pool), lite0)
+
+    quarter = fit(0.25, 256).fit(refs)
+    assert quarter.support_pool() == 64
+    tenth, nearest = fit(0.1, 256).fit(refs), fit(0.1, 0).fit(refs)
+    assert torch.equal(tenth.bank, nearest.bank)
+    a, b = tenth.predict(query), nearest.predict(query)
+    np.testing.assert_array_equal(a.index, b.index)
+    np.testing.assert_array_equal(a.sgfr.heatmap, b.sgfr.heatmap)
+    assert a.sgfr.threshold == b.sgfr.threshold  # leave-one-out calibration alike
+    # saved when the pool was counted in the bank kept: loads with the pool that keeps it
+    quarter.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["pool_of"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    assert Detector.load(tmp_path / "old", backbone=lite0).support_pool() == 256
 
 
 @pytest.mark.parametrize(
