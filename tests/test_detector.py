@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from subspace import reconstruct
 from subspace.backbone import load_backbone
 from subspace.detector import Config, Detector
 from subspace.features import edge_rings
@@ -103,17 +104,24 @@ def test_save_load_round_trip_and_redrawn_maps_are_identical(ballscrew, lite0, t
     assert Detector.load(tmp_path / "det", backbone=lite0).config.pool == 0
 
 
-def test_a_sampled_bank_spreads_supports_over_the_same_neighbourhood(lite0, tmp_path):
+def test_a_sampled_bank_spreads_supports_over_the_same_neighbourhood(lite0, tmp_path, monkeypatch):
     """Config.pool counts atoms of the full bank: a bank sampled to a quarter spreads each
-    support over a quarter as many nearest atoms, a tenth over the K nearest (26 < K = 32)."""
+    support over a quarter as many nearest atoms, a tenth over the K nearest (26 < K = 32);
+    leave-one-out calibration over (k-1)/k of that, the share of the bank it may use."""
     refs = [rgb(p) for p in sorted((BALLSCREW / "normal").glob("*.jpg"))[:3]]
     query = rgb(BALLSCREW / "query" / "01_200907090805_635000_270_crop_2.jpg")
 
     def fit(ratio, pool):
         return Detector(Config(backbone="lite0", sampling="random", ratio=ratio, pool=pool), lite0)
 
+    pools, code = [], reconstruct.code
+    monkeypatch.setattr(
+        reconstruct, "code", lambda *a, **kw: pools.append(kw["pool"]) or code(*a, **kw)
+    )
     quarter = fit(0.25, 256).fit(refs)
-    assert quarter.support_pool() == 64
+    quarter.predict(query)
+    assert pools == [round(64 * 2 / 3), 64]  # calibration (3 references), then the query
+    monkeypatch.undo()
     tenth, nearest = fit(0.1, 256).fit(refs), fit(0.1, 0).fit(refs)
     assert torch.equal(tenth.bank, nearest.bank)
     a, b = tenth.predict(query), nearest.predict(query)
