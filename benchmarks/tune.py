@@ -187,6 +187,12 @@ def data_args(description: str) -> argparse.ArgumentParser:
         help="supports spread over this many nearest, for every variant that does not set "
         "its own (0: the K nearest)",
     )
+    ap.add_argument(
+        "--pad",
+        type=int,
+        default=Config.pad,
+        help="pixels of mirrored border around each image for the backbone (0: zero padding)",
+    )
     return ap
 
 
@@ -222,6 +228,7 @@ def main() -> None:
                     keep_aspect=aspect,
                     rings=args.rings,
                     pool=args.pool,
+                    pad=args.pad,
                 )
                 run(args, bb, base, names)
 

@@ -39,6 +39,7 @@ class Config:
     backbone: str = "auto"  # preset name; "auto": wrn50 when the Hub answers, else lite0
     size: int = 256  # pixel budget: images keep their aspect ratio at about size x size pixels
     keep_aspect: bool = True  # False: squash every image to size x size
+    pad: int = 16  # mirror this many pixels around each image for the backbone (0: zero padding)
     method: str = "sgfr"  # primary scorer: "sgfr" (reconstruction) or "knn" (nearest neighbour)
     k: int = 32  # support: each feature is coded over K atoms near it
     # ... spread evenly by rank over its pool nearest (pool <= k: the K nearest); the pool is
@@ -65,10 +66,10 @@ class Config:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.k < 1 or self.pool < 0 or self.size < 32 or self.rings < 0:
+        if self.k < 1 or self.pool < 0 or self.size < 32 or self.rings < 0 or self.pad < 0:
             raise ValueError(
-                f"need k >= 1, pool >= 0, size >= 32 and rings >= 0, got k={self.k}, "
-                f"pool={self.pool}, size={self.size}, rings={self.rings}"
+                f"need k >= 1, pool >= 0, size >= 32, rings >= 0 and pad >= 0, got k={self.k}, "
+                f"pool={self.pool}, size={self.size}, rings={self.rings}, pad={self.pad}"
             )
         if not 0 < self.ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
@@ -152,7 +153,7 @@ class Detector:
     def features(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         """Images -> one (d, h_i, w_i) feature map each (the expensive, backbone part)."""
         c = self.config
-        return feats.extract(self.backbone, images, c.size, keep_aspect=c.keep_aspect)
+        return feats.extract(self.backbone, images, c.size, keep_aspect=c.keep_aspect, pad=c.pad)
 
     def _rows(self, maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Feature maps -> (sum h_i*w_i, d) patch rows and each map's (h, w) grid."""
@@ -432,6 +433,7 @@ class Detector:
         tensors = load_file(path / "bank.safetensors")
         known = {f.name for f in fields(Config)}
         meta["config"].setdefault("pool", 0)  # saved before supports were spread: K nearest
+        meta["config"].setdefault("pad", 0)  # saved before the mirrored border: zero padding
         if "pool_of" not in meta:  # saved when the pool was counted in the bank kept
             kept = tensors["bank"].shape[0]
             meta["config"]["pool"] = round(meta["config"]["pool"] * meta["n_full"] / kept)

@@ -75,6 +75,16 @@ def aggregate(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(out, dim=1)  # (B, d, h, w)
 
 
+def border_pad(size: tuple[int, int], pad: int, multiple: int) -> int:
+    """Pixels of mirrored border to add around an image of working ``size`` = (w, h).
+
+    ``pad`` rounded down to a multiple of ``multiple`` (so every stage's grid stays aligned
+    and crops back exactly), and kept below the shorter side (a mirror needs that much image).
+    """
+    fits = (min(size) - 1) // multiple * multiple
+    return max(0, min(pad // multiple * multiple, fits))
+
+
 @torch.inference_mode()
 def extract(
     backbone: Backbone,
@@ -82,18 +92,29 @@ def extract(
     budget: int,
     batch: int = 8,
     keep_aspect: bool = True,
+    pad: int = 0,
 ) -> list[torch.Tensor]:
     """PIL images -> one (d, h, w) float32 feature map each, at the working size of each image.
 
     Images of equal working size are batched together (the usual case), at most ``batch``.
+    ``pad``: mirror this many pixels (see :func:`border_pad`) around each image before the
+    backbone and crop the maps back to the image's own grid, so that patches at the image's
+    edge see a continuation of the image instead of the network's zero padding.
     """
     sizes = [working_size(im.size, budget, backbone.multiple, keep_aspect) for im in images]
     out: list[torch.Tensor | None] = [None] * len(images)
     for size in dict.fromkeys(sizes):
         idx = [i for i, s in enumerate(sizes) if s == size]
+        p = border_pad(size, pad, backbone.multiple)
+        cut = p // backbone.reductions[0]  # cells of the finest grid
         for j in range(0, len(idx), batch):
             part = idx[j : j + batch]
-            f = aggregate(backbone(to_tensor([images[i] for i in part], size))).float()
+            x = to_tensor([images[i] for i in part], size)
+            if p:
+                x = F.pad(x, (p, p, p, p), mode="reflect")
+            f = aggregate(backbone(x)).float()
+            if cut:  # after pooling and upsampling, which then see the mirrored context too
+                f = f[..., cut:-cut, cut:-cut]
             f = f.contiguous()  # plain (d, h, w) maps whatever layout the backbone used
             for i, fi in zip(part, f, strict=True):
                 out[i] = fi

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from subspace.backbone import PRESETS, lite0_weights_file, load_backbone
-from subspace.features import aggregate, edge_rings, stages, working_size
+from subspace.features import aggregate, border_pad, edge_rings, extract, stages, working_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +69,30 @@ def test_working_size_keeps_aspect_and_budget():
     assert w % 16 == 0 and h % 16 == 0
     assert abs(w / h - 1130 / 460) < 0.15
     assert 0.85 < w * h / 256**2 < 1.15
+
+
+def test_border_pad_keeps_grids_aligned_and_the_mirror_inside_the_image():
+    assert border_pad((256, 256), 16, 16) == 16
+    assert border_pad((256, 256), 20, 16) == 16  # rounded down to the deepest stride
+    assert border_pad((256, 256), 20, 14) == 14  # a ViT's patch
+    assert border_pad((1024, 32), 64, 16) == 16  # a mirror needs as much image as it shows
+    assert border_pad((1024, 16), 16, 16) == 0
+    assert border_pad((256, 256), 0, 16) == 0
+
+
+def test_a_mirrored_border_moves_the_zero_paddings_imprint_off_the_image():
+    """On a uniform image every patch should look alike; the network's zero padding makes the
+    edge patches differ. Mirroring the image outwards first keeps the grid and fades that."""
+    bb = load_backbone("lite0")
+    grey = Image.new("RGB", (256, 256), (120, 120, 120))
+    edge = []
+    for pad in (0, 16, 32):
+        (f,) = extract(bb, [grey], 256, pad=pad)
+        assert f.shape == (152, 32, 32)  # cropped back to the image's own grid
+        centre = f[:, 16, 16]
+        dev = (f - centre[:, None, None]).norm(dim=0) / centre.norm()
+        edge.append(float(torch.cat([dev[0], dev[-1], dev[:, 0], dev[:, -1]]).mean()))
+    assert edge[0] > 1.25 * edge[1] and edge[1] > 1.5 * edge[2], edge  # 0.69, 0.51, 0.28
 
 
 def test_edge_rings_count_cells_to_the_nearest_edge_per_grid():

@@ -68,12 +68,13 @@ def test_constant_images_give_zero_scores(lite0):
     pred = det.predict(grey.copy())
     scale = float(det.bank.norm(dim=1).mean())
     assert pred.knn.score < 1e-3 * scale  # every query feature is in the bank (float32)
-    # Padding makes each position's feature unique, with one exact copy per reference; the
-    # elastic net's ridge share spreads a little weight over the rest of the support (spread
-    # over the pool nearest, so farther atoms): a small bias (about 11 % of the feature norm
-    # here, 6 % with the K nearest), the same in calibration, where each patch also has one
-    # copy. So the constant query reads as normal: scored like the references themselves, and
-    # flagged no more than they are (1 - quantile of their pixels lie above the threshold).
+    # The network's zero padding (beyond the mirrored border) makes each position's feature
+    # unique, with one exact copy per reference; the elastic net's ridge share spreads a
+    # little weight over the rest of the support (spread over the pool nearest, so farther
+    # atoms): a small bias (about 10 % of the feature norm here, 5 % with the K nearest), the
+    # same in calibration, where each patch also has one copy. So the constant query reads as
+    # normal: scored like the references themselves, and flagged no more than they are
+    # (1 - quantile of their pixels lie above the threshold).
     assert pred.sgfr.score < 0.15 * scale
     assert pred.sgfr.p_value == 1.0
     assert (pred.sgfr.heatmap > pred.sgfr.threshold).mean() <= 1 - det.config.quantile + 1e-3
@@ -97,11 +98,13 @@ def test_save_load_round_trip_and_redrawn_maps_are_identical(ballscrew, lite0, t
         # eval keeps only the patch scores and draws the map again: it must be the same map
         np.testing.assert_array_equal(ballscrew.heatmap(a.patch_scores, query.size), a.heatmap)
     np.testing.assert_array_equal(before.coef, after.coef)
-    # a detector saved before supports were spread keeps coding over the K nearest
+    # a detector saved before supports were spread keeps coding over the K nearest, and one
+    # saved before the mirrored border keeps extracting features with zero padding
     meta = json.loads((tmp_path / "det" / "config.json").read_text())
-    del meta["config"]["pool"], meta["pool_of"]
+    del meta["config"]["pool"], meta["pool_of"], meta["config"]["pad"]
     (tmp_path / "det" / "config.json").write_text(json.dumps(meta))
-    assert Detector.load(tmp_path / "det", backbone=lite0).config.pool == 0
+    old = Detector.load(tmp_path / "det", backbone=lite0)
+    assert (old.config.pool, old.config.pad) == (0, 0)
 
 
 def test_a_sampled_bank_spreads_supports_over_the_same_neighbourhood(lite0, tmp_path, monkeypatch):
