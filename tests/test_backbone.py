@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from subspace.backbone import PRESETS, lite0_weights_file, load_backbone
+from subspace.detector import Config, Detector
 from subspace.features import aggregate, border_pad, edge_rings, extract, stages, working_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +94,10 @@ def test_a_mirrored_border_moves_the_zero_paddings_imprint_off_the_image():
         dev = (f - centre[:, None, None]).norm(dim=0) / centre.norm()
         edge.append(float(torch.cat([dev[0], dev[-1], dev[:, 0], dev[:, -1]]).mean()))
     assert edge[0] > 1.25 * edge[1] and edge[1] > 1.5 * edge[2], edge  # 0.69, 0.51, 0.28
+    # the detector extracts with its Config.pad (16 by default)
+    (mirrored,) = Detector(Config(backbone="lite0"), bb).features([grey])
+    assert torch.equal(mirrored, extract(bb, [grey], 256, pad=16)[0])
+    assert not torch.equal(mirrored, extract(bb, [grey], 256, pad=0)[0])
 
 
 def test_edge_rings_count_cells_to_the_nearest_edge_per_grid():
