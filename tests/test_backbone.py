@@ -28,6 +28,10 @@ def test_presets_match_their_feature_info(name):
     f = aggregate(maps)
     assert f.shape == (1, sum(bb.channels), side // bb.reductions[0], side // bb.reductions[0])
     assert stages(bb)[-1].stop == f.shape[1]
+    # the mirrored border crops back to the same grid, on a wide image as on a square one
+    wide = Image.new("RGB", (1130, 460), (100, 120, 140))
+    plain, mirrored = (extract(bb, [wide], 128, pad=p)[0] for p in (0, 16))
+    assert mirrored.shape == plain.shape
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
