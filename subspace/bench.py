@@ -38,7 +38,7 @@ class Plan:
     max_test: int = 200  # fixed random test subset, the same for every row
     backbone: str = "lite0"  # bundled weights: runs offline
     ablation_shots: int = 8  # (b) k of the sampling ablation
-    samplers: tuple[str, ...] = ("usage", "usage-top", "random", "coreset")
+    samplers: tuple[str, ...] = ("usage", "usage-greedy", "usage-top", "random", "coreset")
     ratios: tuple[float, ...] = (1.0, 0.25, 0.1, 0.05)  # share of the bank kept
     speed_shots: tuple[int, ...] = (8, 16)  # (c) latency / memory rows
     speed_seeds: tuple[int, ...] = (0,)  # random-weight rows: one draw is enough for timing

@@ -26,7 +26,7 @@ Progress = Callable[[float, str], None]
 CHOICES: dict[str, tuple[str, ...]] = dict(
     method=("sgfr", "knn"),
     support=("l2", "cosine"),
-    sampling=("usage", "usage-top", "random", "coreset"),
+    sampling=("usage", "usage-greedy", "usage-top", "random", "coreset"),
     image_score=("max", "top1"),
     score=("residual", "cost", "relative"),
 )
@@ -55,7 +55,7 @@ class Config:
     standardize: bool = False  # divide residuals per dimension by their spread on normal patches
     # "relative": ||r|| over the leave-one-out residual of the atoms that rebuilt it
     score: str = "residual"  # patch score: "residual" ||r||, "cost" sqrt(2 J), or "relative"
-    sampling: str = "usage"  # bank reduction: usage (greedy), usage-top, random or coreset
+    sampling: str = "usage"  # bank reduction: usage, usage-greedy, usage-top, random, coreset
     ratio: float = 1.0  # share of the bank kept by sampling
     sigma: float = 4.0  # map blur in pixels at 256 px
     image_score: str = "top1"  # image score from the map: "top1" (mean of top 1 %) or "max"

@@ -29,10 +29,16 @@ class UsageSampler:
     patches. So selection is greedy in rounds: an atom's gain is its usage by the atoms not
     yet served, where keeping j serves atom i by the share |c_ij| / |c_i|_1 of i's code and
     serves j itself fully. The first round is exactly top-usage.
+
+    Codes only link an atom to its support, so an atom whose neighbourhood is already kept
+    can still look unserved. With ``coverage`` = beta > 0, each later round also scales an
+    atom's gain by (d_j / mean d)^beta, d_j its distance to the nearest atom kept so far: the
+    kept atoms spread over the bank instead of piling up where usage is high.
     """
 
     ratio: float
     rounds: int = 50  # gains are recomputed this many times (each round keeps 1/rounds)
+    coverage: float = 1.0  # beta: weight of the distance to the kept atoms (0: usage only)
 
     def run(
         self, bank: torch.Tensor, codes: Code | None = None, strata: torch.Tensor | None = None
@@ -54,18 +60,28 @@ class UsageSampler:
         self_gain = mass.mean()  # keeping j serves j itself, like a typical code
         chosen = torch.zeros(n, dtype=torch.bool)
         served = torch.zeros(n, dtype=mass.dtype)  # (N,) how much of each atom is served
+        far = torch.full((n,), float("inf"), dtype=bank.dtype)  # (N,) distance to the kept
+        sq = bank.pow(2).sum(1)
         order: list[torch.Tensor] = []
         done = [0] * len(groups)
         while sum(done) < keep:
             unserved = (1 - served).clamp_min(0)
             gain = usage(codes, n, unserved) + self_gain * unserved
+            if self.coverage and order:
+                gain = gain * (far / far[~chosen].mean().clamp_min(1e-12)).pow(self.coverage)
             gain[chosen] = -1.0
+            picked = []
             for i, (rows, q, step) in enumerate(zip(groups, quota, steps, strict=True)):
                 if done[i] < q:
                     pick = rows[torch.topk(gain[rows], min(step, q - done[i])).indices]
                     chosen[pick] = True
-                    order.append(pick)
+                    picked.append(pick)
                     done[i] += len(pick)
+            order += picked
+            if self.coverage:
+                new = torch.cat(picked)
+                d2 = sq[:, None] - 2 * bank @ bank[new].T + sq[new]  # (N, picked)
+                far = torch.minimum(far, d2.clamp_min(0).min(1).values.sqrt())
             served = torch.where(chosen, 1.0, (share * chosen[codes.index]).sum(1))
         return torch.cat(order)
 
@@ -121,13 +137,18 @@ class CoresetSampler:
 
 
 def make_sampler(name: str, ratio: float, seed: int = 0):
-    """Sampler by name: ``usage``, ``usage-top`` (one round), ``random`` or ``coreset``."""
+    """Sampler by name: ``usage``, ``usage-greedy`` (no coverage), ``usage-top`` (one round,
+    no coverage), ``random`` or ``coreset``."""
     if name == "usage":
         return UsageSampler(ratio)
+    if name == "usage-greedy":  # greedy rounds by usage alone
+        return UsageSampler(ratio, coverage=0.0)
     if name == "usage-top":  # METHOD.md's literal rule: the top ``ratio`` share by usage
-        return UsageSampler(ratio, rounds=1)
+        return UsageSampler(ratio, rounds=1, coverage=0.0)
     if name == "random":
         return RandomSampler(ratio, seed)
     if name == "coreset":
         return CoresetSampler(ratio, seed)
-    raise ValueError(f"unknown sampling {name!r}; choose usage, usage-top, random or coreset")
+    raise ValueError(
+        f"unknown sampling {name!r}; choose usage, usage-greedy, usage-top, random or coreset"
+    )

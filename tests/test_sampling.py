@@ -1,4 +1,4 @@
-"""Bank samplers: usage (greedy over the self-expressive codes), random, k-center coreset."""
+"""Bank samplers: usage (greedy over the self-expressive codes, with coverage), random, coreset."""
 
 import pytest
 import torch
@@ -50,6 +50,27 @@ def test_usage_sampling_serves_more_of_the_bank_than_top_usage(clustered):
     assert set(CLUSTER[top].tolist()) != set(range(len(SIZES)))  # top usage misses the small
 
 
+def test_coverage_spreads_the_kept_atoms_over_the_bank(clustered):
+    """At 5 %, usage alone (greedy rounds) still leaves a small cluster without a kept atom;
+    scaling gains by the distance to the kept atoms keeps every cluster and brings the bank
+    closer to what is kept."""
+    bank, codes = clustered
+
+    def gap(keep):  # (mean, max) distance of a bank row to its nearest kept atom
+        d = torch.cdist(bank, bank[keep]).min(1).values
+        return float(d.mean()), float(d.max())
+
+    spread = UsageSampler(0.05).run(bank, codes)
+    alone = UsageSampler(0.05, coverage=0.0).run(bank, codes)
+    assert len(set(spread.tolist())) == len(alone) == budget(len(bank), 0.05)
+    assert set(CLUSTER[spread].tolist()) == set(range(len(SIZES)))
+    assert set(CLUSTER[alone].tolist()) != set(range(len(SIZES)))
+    (mean_s, max_s), (mean_a, max_a) = gap(spread), gap(alone)
+    assert mean_s < 0.9 * mean_a and max_s < 0.5 * max_a
+    first = -(-budget(len(bank), 0.05) // 50)  # the first round is usage alone either way
+    assert spread[:first].tolist() == alone[:first].tolist()
+
+
 def test_usage_sampling_gives_each_stratum_its_share(clustered):
     """With strata (the edge rings), codes stay inside a stratum and so must the budget: each
     keeps its share, picked by usage inside it. Unstratified, the big clusters crowd out the
@@ -67,7 +88,7 @@ def test_usage_sampling_gives_each_stratum_its_share(clustered):
     assert torch.bincount(CLUSTER[flat], minlength=len(SIZES)).tolist() != counts.tolist()
 
 
-@pytest.mark.parametrize("name", ["usage", "usage-top", "random", "coreset"])
+@pytest.mark.parametrize("name", ["usage", "usage-greedy", "usage-top", "random", "coreset"])
 def test_samplers_keep_the_budget_of_distinct_rows(clustered, name):
     bank, codes = clustered
     keep = make_sampler(name, 0.1, seed=1).run(bank, codes)
