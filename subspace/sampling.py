@@ -79,11 +79,19 @@ class UsageSampler:
                     done[i] += len(pick)
             order += picked
             if self.coverage:
-                new = torch.cat(picked)
-                d2 = sq[:, None] - 2 * bank @ bank[new].T + sq[new]  # (N, picked)
-                far = torch.minimum(far, d2.clamp_min(0).min(1).values.sqrt())
+                far = torch.minimum(far, _nearest(bank, sq, torch.cat(picked)))
             served = torch.where(chosen, 1.0, (share * chosen[codes.index]).sum(1))
         return torch.cat(order)
+
+
+def _nearest(bank: torch.Tensor, sq: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(N,) distance of each bank row to its nearest among ``rows``, in blocks of bounded size."""
+    out = torch.empty(bank.shape[0], dtype=bank.dtype)
+    step = max(1, 2**22 // len(rows))  # a block holds at most 4 M distances
+    for lo in range(0, bank.shape[0], step):
+        d2 = sq[lo : lo + step, None] - 2 * bank[lo : lo + step] @ bank[rows].T + sq[rows]
+        out[lo : lo + step] = d2.min(1).values.clamp_min(0).sqrt()
+    return out
 
 
 def _apportion(sizes: list[int], total: int) -> list[int]:
