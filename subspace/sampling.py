@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .reconstruct import Code, label_rows, usage
+from .reconstruct import Code, knn, label_rows, usage
 
 
 def budget(n: int, ratio: float) -> int:
@@ -61,7 +61,6 @@ class UsageSampler:
         chosen = torch.zeros(n, dtype=torch.bool)
         served = torch.zeros(n, dtype=mass.dtype)  # (N,) how much of each atom is served
         far = torch.full((n,), float("inf"), dtype=bank.dtype)  # (N,) distance to the kept
-        sq = bank.pow(2).sum(1)
         order: list[torch.Tensor] = []
         done = [0] * len(groups)
         while sum(done) < keep:
@@ -78,20 +77,10 @@ class UsageSampler:
                     picked.append(pick)
                     done[i] += len(pick)
             order += picked
-            if self.coverage:
-                far = torch.minimum(far, _nearest(bank, sq, torch.cat(picked)))
+            if self.coverage:  # exact distance to the nearest of this round's picks
+                far = torch.minimum(far, knn(bank, bank[torch.cat(picked)], 1)[2].sqrt())
             served = torch.where(chosen, 1.0, (share * chosen[codes.index]).sum(1))
         return torch.cat(order)
-
-
-def _nearest(bank: torch.Tensor, sq: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(N,) distance of each bank row to its nearest among ``rows``, in blocks of bounded size."""
-    out = torch.empty(bank.shape[0], dtype=bank.dtype)
-    step = max(1, 2**22 // len(rows))  # a block holds at most 4 M distances
-    for lo in range(0, bank.shape[0], step):
-        d2 = sq[lo : lo + step, None] - 2 * bank[lo : lo + step] @ bank[rows].T + sq[rows]
-        out[lo : lo + step] = d2.min(1).values.clamp_min(0).sqrt()
-    return out
 
 
 def _apportion(sizes: list[int], total: int) -> list[int]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from subspace.reconstruct import self_expression, usage
-from subspace.sampling import UsageSampler, _nearest, budget, make_sampler
+from subspace.sampling import UsageSampler, budget, make_sampler
 
 SIZES = (400, 200, 100, 50, 25)  # points per cluster
 CLUSTER = torch.repeat_interleave(torch.arange(len(SIZES)), torch.tensor(SIZES))
@@ -69,18 +69,6 @@ def test_coverage_spreads_the_kept_atoms_over_the_bank(clustered):
     assert mean_s < 0.9 * mean_a and max_s < 0.5 * max_a
     first = -(-budget(len(bank), 0.05) // 50)  # the first round is usage alone either way
     assert spread[:first].tolist() == alone[:first].tolist()
-
-
-def test_distances_to_the_kept_atoms_are_exact_across_blocks():
-    """The coverage distances come in blocks of at most 4 M entries (a large bank must not
-    allocate N x picks at once); blocked, they equal the plain nearest distance."""
-    g = torch.Generator().manual_seed(1)
-    bank = torch.randn(5000, 8, generator=g)
-    rows = torch.randperm(5000, generator=g)[:3000]  # 1398 rows per block: 4 blocks
-    want = torch.cdist(bank, bank[rows]).min(1).values
-    got = _nearest(bank, bank.pow(2).sum(1), rows)
-    assert torch.allclose(got, want, atol=1e-3)
-    assert float(got[rows].max()) < 1e-2  # a kept row: 0, up to float32 cancellation in d^2
 
 
 def test_usage_sampling_gives_each_stratum_its_share(clustered):
