@@ -148,6 +148,7 @@ class Detector:
         self.dim_scale: torch.Tensor | None = None  # (d,) normal residual spread (standardize)
         self.atom_err: torch.Tensor | None = None  # (N',) leave-one-out residual of each atom
         self.fit_seconds = 0.0
+        self._rings: tuple[int, torch.Tensor] | None = None  # (ring_cap, atom_rings(cap))
 
     # ---------------------------------------------------------------- features
     def features(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
@@ -169,8 +170,8 @@ class Detector:
         one reference out), so that its support spreads over the same neighbourhood.
         """
         c = self.config
-        cap = self.ring_cap
-        groups = (feats.edge_rings(grids, cap), self.atom_rings(cap)) if cap else None
+        cap, atom_ring = self.bank_rings()
+        groups = (feats.edge_rings(grids, cap), atom_ring) if cap else None
         return reconstruct.code(
             rows,
             self.bank,
@@ -206,7 +207,14 @@ class Detector:
     @property
     def ring_cap(self) -> int:
         """Config.rings, lowered until every ring holds at least K atoms of the bank."""
-        return fit_cap(self.config.rings, self.config.k, self.atom_rings)
+        return self.bank_rings()[0]
+
+    def bank_rings(self) -> tuple[int, torch.Tensor]:
+        """(ring_cap, atom_rings(ring_cap)), computed once per bank."""
+        if self._rings is None:
+            cap = fit_cap(self.config.rings, self.config.k, self.atom_rings)
+            self._rings = cap, self.atom_rings(cap)
+        return self._rings
 
     def _patch_scores(self, coded: reconstruct.Code) -> dict[str, torch.Tensor]:
         """Both scorers' (M,) patch scores: residual norm (SGFR), nearest distance (k-NN)."""
@@ -285,6 +293,7 @@ class Detector:
             say(0.55, f"sampling the bank ({c.sampling}, {c.ratio:.0%})")
             keep = sampler.run(rows, codes) if strata is None else sampler.run(rows, codes, strata)
         self.bank, self.positions = rows[keep].contiguous(), pos[keep].contiguous()
+        self._rings = None
         say(0.7, "calibrating (leave-one-out)")
         self._calibrate(rows, pos, len(maps), keep)
         log.info("fit %d refs, bank %d/%d rows", len(maps), len(keep), self.n_full)

@@ -225,3 +225,11 @@ def test_border_rings_are_merged_until_each_holds_k_atoms(lite0):
         det = Detector(Config(backbone="lite0", k=k, rings=4), lite0)
         det.fit_features(ref, [(40, 40)], lambda f, m: None)
         assert det.ring_cap == cap
+    # refitted on a 9 x 9 reference (rings of 32, 24, 16, 8 and 1 cells), the same detector
+    # finds its rings again: the last two merge into 9 atoms, cap 3
+    det = Detector(Config(backbone="lite0", k=9, rings=4), lite0)
+    det.fit_features(ref, [(40, 40)], lambda f, m: None)
+    assert det.ring_cap == 1
+    det.fit_features([torch.randn(16, 9, 9)], [(72, 72)], lambda f, m: None)
+    assert det.ring_cap == 3
+    assert det.bank_rings()[1].shape == (81,)
