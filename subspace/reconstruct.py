@@ -31,6 +31,7 @@ class Code:
     coef: torch.Tensor  # (M, K) coefficients (exact zeros off the active set when alpha > 0)
     residual: torch.Tensor  # (M, d) y - reconstruction
     nn_dist: torch.Tensor  # (M,) L2 distance to the nearest atom (the k-NN baseline score)
+    # ... or, coded with groups and nearest=False, to the nearest atom of the target's group
     penalty: torch.Tensor  # (M,) regulariser value l1 |c|_1 + l2/2 |c|^2 at the optimum
 
 
@@ -43,6 +44,7 @@ def knn(
     chunk: int = 2048,
     groups: Groups | None = None,
     pool: int = 0,
+    nearest: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """K nearest bank rows of each query (or K spread over the ``pool`` nearest), plus the L2
     distance to the very nearest.
@@ -57,6 +59,10 @@ def knn(
         pool: if larger than k, the K rows are spread evenly by rank over the ``pool`` nearest
             allowed rows (ranks 0, pool/K, 2 pool/K, ...; the nearest is always one of them),
             so that a support spans its neighbourhood instead of its closest near-copies.
+        nearest: with ``groups``, False skips the distance to the nearest row of the whole
+            bank, which needs every query-row distance: only each label's block of the
+            distances is computed, and nn_d2 is the distance to the nearest row of the query's
+            own label (the self-expression needs no baseline score).
     Returns:
         score (M, k) ascending (squared L2, or 1 - cosine), index (M, k) int64, and
         nn_d2 (M,) the squared L2 distance to the nearest allowed row (k-NN baseline).
@@ -66,33 +72,71 @@ def knn(
         raise ValueError(f"unknown support metric {metric!r}; choose l2 or cosine")
     columns = None if groups is None else _support_groups(groups[1], k)
     bank_sq = bank.pow(2).sum(1)  # (N,)
+    if columns is not None and not nearest:
+        return _knn_by_group(
+            queries, bank, bank_sq, k, exclude, metric, chunk, groups[0], columns, pool
+        )
     scores, idx, nn = [], [], []
     for s in range(0, queries.shape[0], chunk):
         q = queries[s : s + chunk]  # (m, d)
-        q_sq = q.pow(2).sum(1, keepdim=True)  # (m, 1)
-        # One fused pass and in-place updates: the (m, N) matrix is the memory hot spot.
-        # |b|^2 - 2 q.b ranks a row's atoms as |q - b|^2 does; |q|^2 is added to the K kept.
-        d2 = torch.addmm(bank_sq.expand(q.shape[0], -1), q, bank.T, alpha=-2)
         rows = slice(s, s + q.shape[0])
-        if exclude is not None:
-            d2.masked_fill_(exclude(rows), float("inf"))
-        dist = d2
-        if metric == "cosine":
-            d2.add_(q_sq).clamp_min_(0)
-            dot = (q_sq + bank_sq - d2) / 2  # recovered from d2; excluded atoms stay inf
-            dist = 1 - dot / (q_sq.sqrt() * bank_sq.sqrt()).clamp_min(1e-12)
+        mask = None if exclude is None else exclude(rows)
+        q_sq, d2, dist = _distances(q, bank, bank_sq, mask, metric)
         if columns is None:
             v, i = spread_topk(dist, k, pool)
         else:
             v, i = _grouped_topk(dist, k, pool, groups[0][rows], columns)
-        nearest = i[:, 0] if metric == "l2" and columns is None else d2.argmin(1)
+        near = i[:, 0] if metric == "l2" and columns is None else d2.argmin(1)
         if metric == "l2":
             v = (v + q_sq).clamp_min_(0)
         # Exact distance to the nearest: the expansion above cancels badly for near copies.
-        nn.append((q - bank[nearest]).pow(2).sum(1))
+        nn.append((q - bank[near]).pow(2).sum(1))
         scores.append(v)
         idx.append(i)
     return torch.cat(scores), torch.cat(idx), torch.cat(nn)
+
+
+def _distances(
+    q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, mask, metric: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """|q|^2 (m, 1), d2 = |b|^2 - 2 q.b (m, N) with ``mask``ed entries inf, and the ranking
+    distance (d2 itself for "l2", 1 - cosine for "cosine")."""
+    q_sq = q.pow(2).sum(1, keepdim=True)  # (m, 1)
+    # One fused pass and in-place updates: the (m, N) matrix is the memory hot spot.
+    # |b|^2 - 2 q.b ranks a row's atoms as |q - b|^2 does; |q|^2 is added to the K kept.
+    d2 = torch.addmm(bank_sq.expand(q.shape[0], -1), q, bank.T, alpha=-2)
+    if mask is not None:
+        d2.masked_fill_(mask, float("inf"))
+    dist = d2
+    if metric == "cosine":
+        d2.add_(q_sq).clamp_min_(0)
+        dot = (q_sq + bank_sq - d2) / 2  # recovered from d2; excluded atoms stay inf
+        dist = 1 - dot / (q_sq.sqrt() * bank_sq.sqrt()).clamp_min(1e-12)
+    return q_sq, d2, dist
+
+
+def _knn_by_group(queries, bank, bank_sq, k, exclude, metric, chunk, labels, columns, pool):
+    """:func:`knn` with ``nearest=False``: each label's queries against its own rows only."""
+    blocks = {lab: (bank.index_select(0, c), bank_sq[c]) for lab, c in columns.items()}
+    m = queries.shape[0]
+    scores, idx = queries.new_empty(m, k), torch.empty(m, k, dtype=torch.int64)
+    nn = queries.new_empty(m)
+    for s in range(0, m, chunk):
+        rows = slice(s, s + chunk)
+        mask = None if exclude is None else exclude(slice(s, min(s + chunk, m)))
+        for lab, r in label_rows(labels[rows]).items():
+            if lab not in columns:
+                raise ValueError(f"support group {lab} has no atoms")
+            c, (b, b_sq) = columns[lab], blocks[lab]
+            q = queries[s + r]  # (m_g, d)
+            sub = None if mask is None else mask.index_select(0, r).index_select(1, c)
+            q_sq, d2, dist = _distances(q, b, b_sq, sub, metric)
+            v, i = spread_topk(dist, k, pool)
+            near = i[:, 0] if metric == "l2" else d2.argmin(1)
+            scores[s + r] = (v + q_sq).clamp_min_(0) if metric == "l2" else v
+            idx[s + r] = c[i]
+            nn[s + r] = (q - b[near]).pow(2).sum(1)
+    return scores, idx, nn
 
 
 def label_rows(labels: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -232,6 +276,7 @@ def code(
     chunk: int = 2048,
     groups: Groups | None = None,
     pool: int = 0,
+    nearest: bool = True,
 ) -> Code:
     """Code every target over its K nearest dictionary atoms (or K spread over the ``pool``
     nearest, see :func:`knn`) and keep the residuals.
@@ -241,7 +286,8 @@ def code(
 
     Args:
         targets: (M, d). dictionary: (N, d). Remaining arguments as :func:`solve`/:func:`knn`;
-        ``groups`` keeps atoms out of the supports but not out of ``nn_dist``.
+        ``groups`` keeps atoms out of the supports but not out of ``nn_dist`` (unless
+        ``nearest`` is False, see :func:`knn`).
     """
     parts = []
     atom_sq = dictionary.pow(2).sum(1)  # (N,) squared norms: the scale lam is relative to
@@ -250,7 +296,7 @@ def code(
         y = targets[rows]  # (m, d)
         sub = None if exclude is None else lambda r, o=s: exclude(slice(o + r.start, o + r.stop))
         part = None if groups is None else (groups[0][rows], groups[1])
-        _, index, nn_d2 = knn(y, dictionary, k, sub, metric, groups=part, pool=pool)  # (m, K)
+        _, index, nn_d2 = knn(y, dictionary, k, sub, metric, chunk, part, pool, nearest)  # (m, K)
         atoms = dictionary.index_select(0, index.flatten()).view(*index.shape, -1)  # (m, K, d)
         coef = solve(y, atoms, lam, alpha, affine, nonneg)  # (m, K)
         recon = (coef.unsqueeze(1) @ atoms).squeeze(1)  # (m, d)
@@ -294,6 +340,7 @@ def self_expression(
         metric=metric,
         groups=groups,
         pool=pool,
+        nearest=False,  # no baseline score: with groups, only each group's distances
     )
 
 

@@ -106,6 +106,39 @@ def test_grouped_supports_leave_the_nearest_distance_alone():
     assert torch.equal(kept.index, d2.topk(5, largest=False).indices)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_without_the_nearest_distance_groups_give_the_same_supports(metric):
+    """``nearest=False`` (the self-expression) ranks each group's block of distances only:
+    the same neighbours, excluded atoms and spread as the whole row, and nn_d2 becomes the
+    distance to the nearest atom of the target's own group."""
+    g = torch.Generator().manual_seed(3)
+    q, bank = torch.randn(45, 6, generator=g), torch.randn(120, 6, generator=g)
+    target, atom = torch.arange(45) % 3, torch.arange(120) % 3
+    banned = torch.rand(45, 120, generator=g) < 0.2
+    ban = lambda rows: banned[rows]  # noqa: E731
+    for pool in (0, 24):
+        full = knn(q, bank, 4, ban, metric, chunk=16, groups=(target, atom), pool=pool)
+        block = knn(q, bank, 4, ban, metric, 16, (target, atom), pool, nearest=False)
+        assert torch.equal(block[1], full[1])
+        torch.testing.assert_close(block[0], full[0])
+    d2 = torch.cdist(q, bank).pow(2).masked_fill(banned | (target[:, None] != atom), float("inf"))
+    torch.testing.assert_close(block[2], d2.amin(1), atol=1e-4, rtol=1e-4)
+    assert (block[2] >= full[2] - 1e-5).all() and (block[2] > full[2] + 1e-3).any()
+    sub = self_expression(bank, 4, 0.1, 0.5, affine=True, groups=(atom, atom), metric=metric)
+    with_nn = code(
+        bank,
+        bank,
+        4,
+        0.1,
+        0.5,
+        True,
+        exclude=lambda r: torch.eye(120, dtype=torch.bool)[r],
+        metric=metric,
+        groups=(atom, atom),
+    )
+    assert torch.equal(sub.index, with_nn.index) and torch.equal(sub.coef, with_nn.coef)
+
+
 def test_grouped_supports_need_k_atoms_per_group():
     q, bank = torch.randn(4, 3), torch.randn(10, 3)
     with pytest.raises(ValueError, match="fewer than K = 5"):
