@@ -71,6 +71,10 @@ def knn(
     if metric not in ("l2", "cosine"):
         raise ValueError(f"unknown support metric {metric!r}; choose l2 or cosine")
     columns = None if groups is None else _support_groups(groups[1], k)
+    if columns is not None:
+        for lab in torch.unique(groups[0]).tolist():
+            if lab not in columns:
+                raise ValueError(f"support group {lab} has no atoms")
     bank_sq = bank.pow(2).sum(1)  # (N,)
     if columns is not None and not nearest:
         return _knn_by_group(
@@ -122,11 +126,9 @@ def _knn_by_group(queries, bank, bank_sq, k, exclude, metric, chunk, labels, col
     scores, idx = queries.new_empty(m, k), torch.empty(m, k, dtype=torch.int64)
     nn = queries.new_empty(m)
     for s in range(0, m, chunk):
-        rows = slice(s, s + chunk)
-        mask = None if exclude is None else exclude(slice(s, min(s + chunk, m)))
+        rows = slice(s, min(s + chunk, m))
+        mask = None if exclude is None else exclude(rows)
         for lab, r in label_rows(labels[rows]).items():
-            if lab not in columns:
-                raise ValueError(f"support group {lab} has no atoms")
             c, (b, b_sq) = columns[lab], blocks[lab]
             q = queries[s + r]  # (m_g, d)
             sub = None if mask is None else mask.index_select(0, r).index_select(1, c)
@@ -179,8 +181,6 @@ def _grouped_topk(
     v = dist.new_empty(dist.shape[0], k)
     i = torch.empty(dist.shape[0], k, dtype=torch.int64)
     for lab, r in label_rows(labels).items():
-        if lab not in columns:
-            raise ValueError(f"support group {lab} has no atoms")
         c = columns[lab]
         v[r], sub = spread_topk(dist.index_select(0, r).index_select(1, c), k, pool)
         i[r] = c[sub]
