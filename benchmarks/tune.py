@@ -92,6 +92,17 @@ VARIANTS: dict[str, dict] = {
     "support spread over the 512 nearest (K=32)": dict(k=32, pool=512),
     "support spread over the 1024 nearest (K=32)": dict(k=32, pool=1024),
     "support spread over the 256 nearest (K=16)": dict(k=16, pool=256),
+    "angle score 0, the residual norm (K=32)": dict(k=32, angle=0.0),
+    "angle score 0.25 (K=32)": dict(k=32, angle=0.25),
+    "angle score 0.5 (K=32)": dict(k=32, angle=0.5),
+    "angle score 1 (K=32)": dict(k=32, angle=1.0),
+    "angle score 0 usage sampling 10% (K=32)": dict(k=32, angle=0.0, sampling="usage", ratio=0.1),
+    "angle score 0.5 usage sampling 10% (K=32)": dict(k=32, angle=0.5, sampling="usage", ratio=0.1),
+    "angle score 1 usage sampling 10% (K=32)": dict(k=32, angle=1.0, sampling="usage", ratio=0.1),
+    "angle score 0.5 random sampling 10% (K=32)": dict(
+        k=32, angle=0.5, sampling="random", ratio=0.1
+    ),
+    "angle score 1 random sampling 10% (K=32)": dict(k=32, angle=1.0, sampling="random", ratio=0.1),
 }
 
 

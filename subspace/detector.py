@@ -55,6 +55,9 @@ class Config:
     standardize: bool = False  # divide residuals per dimension by their spread on normal patches
     # "relative": ||r|| over the leave-one-out residual of the atoms that rebuilt it
     score: str = "residual"  # patch score: "residual" ||r||, "cost" sqrt(2 J), or "relative"
+    # score "residual" times (||r|| / nearest-atom distance)^angle: an offset along the normal
+    # subspace is discounted, one across it counts in full (0: the residual norm alone)
+    angle: float = 0.5
     sampling: str = "usage"  # bank reduction: usage, usage-greedy, usage-top, random, coreset
     ratio: float = 1.0  # share of the bank kept by sampling
     sigma: float = 4.0  # map blur in pixels at 256 px
@@ -73,6 +76,8 @@ class Config:
             )
         if not 0 < self.ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.angle < 0:
+            raise ValueError(f"angle must be >= 0, got {self.angle}")
 
 
 def fit_cap(rings: int, k: int, rings_of: Callable[[int], torch.Tensor]) -> int:
@@ -226,6 +231,11 @@ class Detector:
             w = coded.coef.abs()  # (M, K)
             typical = (w * self.atom_err[coded.index]).sum(1) / w.sum(1).clamp_min(1e-12)
             sgfr = sgfr / typical.clamp_min(0.25 * float(self.atom_err.median()))
+        elif self.config.angle:
+            # ||r|| / d_nn: the share of the offset from the nearest atom that the subspace
+            # leaves unexplained, like the sine of the offset's angle to it (at most 1)
+            unexplained = coded.residual.norm(dim=1) / coded.nn_dist.clamp_min(1e-12)
+            sgfr = sgfr * unexplained.clamp_max(1.0).pow(self.config.angle)
         return {"sgfr": sgfr, "knn": coded.nn_dist}
 
     def _map(self, patch: torch.Tensor) -> torch.Tensor:
@@ -443,6 +453,7 @@ class Detector:
         known = {f.name for f in fields(Config)}
         meta["config"].setdefault("pool", 0)  # saved before supports were spread: K nearest
         meta["config"].setdefault("pad", 0)  # saved before the mirrored border: zero padding
+        meta["config"].setdefault("angle", 0.0)  # saved before the angle score: residual alone
         if "pool_of" not in meta:  # saved when the pool was counted in the bank kept
             kept = tensors["bank"].shape[0]
             meta["config"]["pool"] = round(meta["config"]["pool"] * meta["n_full"] / kept)

@@ -99,12 +99,13 @@ def test_save_load_round_trip_and_redrawn_maps_are_identical(ballscrew, lite0, t
         np.testing.assert_array_equal(ballscrew.heatmap(a.patch_scores, query.size), a.heatmap)
     np.testing.assert_array_equal(before.coef, after.coef)
     # a detector saved before supports were spread keeps coding over the K nearest, and one
-    # saved before the mirrored border keeps extracting features with zero padding
+    # saved before the mirrored border keeps extracting features with zero padding, and one
+    # saved before the angle score keeps scoring by the residual norm alone
     meta = json.loads((tmp_path / "det" / "config.json").read_text())
-    del meta["config"]["pool"], meta["pool_of"], meta["config"]["pad"]
+    del meta["config"]["pool"], meta["pool_of"], meta["config"]["pad"], meta["config"]["angle"]
     (tmp_path / "det" / "config.json").write_text(json.dumps(meta))
     old = Detector.load(tmp_path / "det", backbone=lite0)
-    assert (old.config.pool, old.config.pad) == (0, 0)
+    assert (old.config.pool, old.config.pad, old.config.angle) == (0, 0, 0.0)
 
 
 def test_a_sampled_bank_spreads_supports_over_the_same_neighbourhood(lite0, tmp_path, monkeypatch):
@@ -233,3 +234,38 @@ def test_border_rings_are_merged_until_each_holds_k_atoms(lite0):
     det.fit_features([torch.randn(16, 9, 9)], [(72, 72)], lambda f, m: None)
     assert det.ring_cap == 3
     assert det.bank_rings()[1].shape == (81,)
+
+
+def test_angle_score_discounts_offsets_along_the_normal_subspace(lite0):
+    """Normal features fill a plane. A query patch on the plane between them is rebuilt almost
+    exactly, one lifted off the plane above an atom is not. The angle score (||r|| times
+    (||r|| / d_nn)^angle) keeps the lifted patch's residual whole and discounts the in-plane
+    one further; codes and the baseline do not change, and it never exceeds ||r||."""
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(16, 3, generator=g))[0]  # orthonormal: plane + normal
+
+    def on_plane(uv: torch.Tensor) -> torch.Tensor:  # (2, h, w) -> (16, h, w)
+        return torch.einsum("dk,khw->dhw", basis[:, :2], uv)
+
+    refs = [on_plane(6 * torch.rand(2, 8, 8, generator=g)) for _ in range(3)]
+    query = on_plane(1 + 4 * torch.rand(2, 8, 8, generator=g))  # inside the references' span
+    off = torch.zeros(8, 8, dtype=torch.bool)
+    off[:, :4] = True
+    query[:, off] = refs[0][:, off] + 0.3 * basis[:, 2:3]  # lifted 0.3 off the plane
+    preds = {}
+    for angle in (0.0, 1.0):
+        det = Detector(Config(backbone="lite0", k=8, pool=0, rings=0, lam=1e-3, angle=angle), lite0)
+        det.fit_features(refs, [(64, 64)] * 3, lambda f, m: None)
+        preds[angle] = det.predict_features(query, (64, 64))
+    plain, angled = preds[0.0], preds[1.0]
+    np.testing.assert_array_equal(plain.coef, angled.coef)
+    np.testing.assert_array_equal(plain.knn.patch_scores, angled.knn.patch_scores)
+    s, a, on = plain.sgfr.patch_scores, angled.sgfr.patch_scores, ~off.numpy()
+    np.testing.assert_allclose(plain.knn.patch_scores[~on], 0.3, rtol=1e-3)
+    assert (a <= s + 1e-6).all()
+    np.testing.assert_allclose(a[~on], s[~on], rtol=0.05)  # across the plane: counts in full
+    assert s[~on].min() > 2 * s[on].max()
+    # in-plane scores shrink by their s / d_nn (here at most about 1 / 4): the gap widens
+    assert a[~on].min() / a[on].max() > 3 * s[~on].min() / s[on].max()
+    with pytest.raises(ValueError, match="angle"):
+        Config(angle=-1.0)
