@@ -182,7 +182,7 @@ def main() -> None:
     ap.add_argument("--per-ref", type=int, nargs="*", default=[5], help="support atoms cap")
     args = ap.parse_args()
     det = Detector(
-        Config(backbone="lite0", rings=args.rings, pool=args.pool, pad=args.pad),
+        Config(backbone="lite0", rings=args.rings, pool=args.pool, pad=args.pad, angle=args.angle),
         load_backbone("lite0"),
     )
     per_seed = [score_seed(det, args, seed) for seed in args.seeds]

@@ -212,6 +212,12 @@ def data_args(description: str) -> argparse.ArgumentParser:
         default=Config.pad,
         help="pixels of mirrored border around each image for the backbone (0: zero padding)",
     )
+    ap.add_argument(
+        "--angle",
+        type=float,
+        default=Config.angle,
+        help="angle score of every variant that does not set its own (0: the residual norm)",
+    )
     return ap
 
 
@@ -248,6 +254,7 @@ def main() -> None:
                     rings=args.rings,
                     pool=args.pool,
                     pad=args.pad,
+                    angle=args.angle,
                 )
                 run(args, bb, base, names)
 
