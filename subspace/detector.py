@@ -222,9 +222,10 @@ class Detector:
         return self._rings
 
     def _patch_scores(self, coded: reconstruct.Code) -> dict[str, torch.Tensor]:
-        """Both scorers' (M,) patch scores: residual norm (SGFR), nearest distance (k-NN)."""
-        r = coded.residual if self.dim_scale is None else coded.residual / self.dim_scale
-        sgfr = r.norm(dim=1)
+        """Both scorers' (M,) patch scores: the residual's (SGFR, see Config.score and angle)
+        and the nearest distance (k-NN)."""
+        norm = coded.residual.norm(dim=1)  # (M,)
+        sgfr = norm if self.dim_scale is None else (coded.residual / self.dim_scale).norm(dim=1)
         if self.config.score == "cost":  # extrapolating (large / negative codes) costs extra
             sgfr = (sgfr.pow(2) + 2 * coded.penalty).sqrt()
         elif self.config.score == "relative":  # in units of what normal data leaves unexplained
@@ -234,7 +235,7 @@ class Detector:
         elif self.config.angle:
             # ||r|| / d_nn: the share of the offset from the nearest atom that the subspace
             # leaves unexplained, like the sine of the offset's angle to it (at most 1)
-            unexplained = coded.residual.norm(dim=1) / coded.nn_dist.clamp_min(1e-12)
+            unexplained = norm / coded.nn_dist.clamp_min(1e-12)
             sgfr = sgfr * unexplained.clamp_max(1.0).pow(self.config.angle)
         return {"sgfr": sgfr, "knn": coded.nn_dist}
 
