@@ -103,6 +103,12 @@ VARIANTS: dict[str, dict] = {
         k=32, angle=0.5, sampling="random", ratio=0.1
     ),
     "angle score 1 random sampling 10% (K=32)": dict(k=32, angle=1.0, sampling="random", ratio=0.1),
+    "usage sampling 25%, self-expression over the 512 nearest (K=32)": dict(
+        k=32, sampling="usage", ratio=0.25, usage_pool=512
+    ),
+    "usage sampling 10%, self-expression over the 512 nearest (K=32)": dict(
+        k=32, sampling="usage", ratio=0.1, usage_pool=512
+    ),
 }
 
 

@@ -44,7 +44,7 @@ class Config:
     k: int = 32  # support: each feature is coded over K atoms near it
     # ... spread evenly by rank over its pool nearest (pool <= k: the K nearest); the pool is
     # counted in the full bank: a sampled bank scales it by the share of atoms kept
-    pool: int = 256
+    pool: int = 512
     support: str = "l2"  # nearness for the support: "l2", or "cosine" (scaled copies are near)
     rings: int = 6  # support from atoms as many cells from the edge, counted up to rings (0: any)
     lam: float = 0.1  # regularisation, relative to the atoms' mean squared norm
@@ -60,6 +60,9 @@ class Config:
     angle: float = 0.5
     sampling: str = "usage"  # bank reduction: usage, usage-greedy, usage-top, random, coreset
     ratio: float = 1.0  # share of the bank kept by sampling
+    # the bank's self-expression that usage ranks atoms by spreads its supports over this many
+    # nearest: narrower than pool, so that the usage of near atoms stays concentrated
+    usage_pool: int = 256
     sigma: float = 4.0  # map blur in pixels at 256 px
     image_score: str = "top1"  # image score from the map: "top1" (mean of top 1 %) or "max"
     quantile: float = 0.995  # default threshold: this quantile of normal (leave-one-out) maps
@@ -69,10 +72,12 @@ class Config:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.k < 1 or self.pool < 0 or self.size < 32 or self.rings < 0 or self.pad < 0:
+        counts = (self.pool, self.usage_pool, self.rings, self.pad)
+        if min(counts) < 0 or self.k < 1 or self.size < 32:
             raise ValueError(
-                f"need k >= 1, pool >= 0, size >= 32, rings >= 0 and pad >= 0, got k={self.k}, "
-                f"pool={self.pool}, size={self.size}, rings={self.rings}, pad={self.pad}"
+                f"need k >= 1, pool and usage_pool >= 0, size >= 32, rings >= 0 and pad >= 0, got "
+                f"k={self.k}, pool={self.pool}, usage_pool={self.usage_pool}, size={self.size}, "
+                f"rings={self.rings}, pad={self.pad}"
             )
         if not 0 < self.ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
@@ -289,7 +294,7 @@ class Detector:
                 grids = self.ref_grids
                 cap = fit_cap(c.rings, c.k, lambda r: feats.edge_rings(grids, r))
                 ring = feats.edge_rings(grids, cap)
-                codes = reconstruct.self_expression(  # with the supports predict will use
+                codes = reconstruct.self_expression(  # in the edge rings predict will use
                     rows,
                     c.k,
                     c.lam,
@@ -298,7 +303,7 @@ class Detector:
                     c.nonneg,
                     c.support,
                     groups=(ring, ring) if cap else None,
-                    pool=c.pool,
+                    pool=c.usage_pool,
                 )
                 strata = ring if cap else None  # each ring keeps its share of the budget
             say(0.55, f"sampling the bank ({c.sampling}, {c.ratio:.0%})")

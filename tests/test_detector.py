@@ -154,6 +154,28 @@ def test_sampling_reduces_the_bank(lite0, ratio, sampling):
         assert ((kept - full * ratio).abs() < 1).all()
 
 
+def test_usage_ranks_atoms_by_a_self_expression_over_usage_pool(lite0, monkeypatch):
+    """The bank's self-expression spreads over Config.usage_pool nearest atoms, not over the
+    queries' pool; its width decides which atoms usage sampling keeps."""
+    refs = [rgb(p) for p in sorted((BALLSCREW / "normal").glob("*.jpg"))[:3]]
+    pools, self_expression = [], reconstruct.self_expression
+    monkeypatch.setattr(
+        reconstruct,
+        "self_expression",
+        lambda *a, **kw: pools.append(kw["pool"]) or self_expression(*a, **kw),
+    )
+
+    def kept(usage_pool):
+        cfg = Config(backbone="lite0", ratio=0.1, pool=512, usage_pool=usage_pool)
+        return Detector(cfg, lite0).fit(refs).positions
+
+    narrow, wide = kept(0), kept(512)
+    assert pools == [0, 512]
+    assert not torch.equal(narrow, wide)
+    with pytest.raises(ValueError, match="usage_pool"):
+        Config(usage_pool=-1)
+
+
 def test_one_reference_and_mixed_sizes(lite0, tmp_path):
     files = make_set(tmp_path, n_normal=2, n_query=2)
     one = Detector(Config(backbone="lite0"), lite0).fit([rgb(files["normal"][0])])
