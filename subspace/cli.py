@@ -42,12 +42,22 @@ _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 # ---------------------------------------------------------------- Config <-> flags
 def _field_comments() -> dict[str, str]:
-    """Each Config field's trailing ``# comment`` in detector.py, reused as its --help."""
+    """Each Config field's comments in detector.py (its trailing ``# comment``, then the lines
+    above it), reused as its --help."""
     try:
         src = inspect.getsource(Config)
     except (OSError, TypeError):  # no source (frozen app): help without descriptions
         return {}
-    return dict(re.findall(r"^\s+(\w+):[^=\n]+=[^#\n]+#\s*(.+)$", src, re.MULTILINE))
+    out, above = {}, []
+    for line in src.splitlines():
+        if m := re.match(r"^\s+#\s*(?:\.\.\.\s*)?(.+)$", line):
+            above.append(m.group(1))
+        elif m := re.match(r"^\s+(\w+):[^=\n]+=[^#\n]+(?:#\s*(.+))?$", line):
+            out[m.group(1)] = "; ".join(filter(None, [m.group(2), " ".join(above)]))
+            above = []
+        else:
+            above = []
+    return {name: text for name, text in out.items() if text}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:

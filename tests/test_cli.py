@@ -53,6 +53,17 @@ def test_every_config_field_is_a_flag_with_the_dataclass_default():
     assert (c.affine, c.k, c.lam, c.ratio) == (False, 4, 0.5, 0.1)
 
 
+def test_every_config_flag_is_described_by_the_field_comments():
+    """--help reuses each Config field's comments, trailing and above it."""
+    ev = next(a for a in cli.build_parser()._actions if a.dest == "command").choices["eval"]
+    helps = {a.dest: a.help for a in ev._actions if a.dest in {f.name for f in fields(Config)}}
+    assert len(helps) == len(fields(Config)) - 1  # eval's --seeds stands for Config.seed
+    for name, text in helps.items():
+        assert not text.startswith("default:"), f"Config.{name} has no description"
+    assert "self-expression" in helps["usage_pool"]  # from the comment lines above the field
+    assert helps["score"].startswith("patch score") and "leave-one-out" in helps["score"]
+
+
 def test_draws_and_test_subset_are_seeded():
     draw = evaluation.draw
     assert draw(50, 8, seed=1) == draw(50, 8, seed=1) != draw(50, 8, seed=2)
