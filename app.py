@@ -31,9 +31,10 @@ _probe.start()
 
 import gradio as gr  # noqa: E402
 from gradio import processing_utils  # noqa: E402
-from gradio.data_classes import ListFiles  # noqa: E402
+from gradio.data_classes import ImageData, ListFiles  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from subspace import examples, uploads, widgets  # noqa: E402
+from subspace import examples, uploads, viz, widgets  # noqa: E402
 from subspace import result as rs  # noqa: E402
 from subspace import session as ss  # noqa: E402
 from subspace.data import MAX_FILE_BYTES, ImageError  # noqa: E402
@@ -60,7 +61,8 @@ RESULTS_HELP = (
 )
 WHY_MD = (
     "#### Why this patch?\nReconstruction error of every feature dimension of the selected "
-    "patch, grouped by backbone stage; grey: what normal patches reach (99th percentile)."
+    "patch, grouped by backbone stage; grey: what normal patches reach (99th percentile). "
+    "Hover over a dimension for its numbers."
 )
 SOURCES_MD = (
     "#### Which reference patches rebuilt it\nThe selected query patch, then the normal "
@@ -138,6 +140,20 @@ class ReferenceFiles(gr.File):
         if payload is None:
             return None
         return [f.path for f in (payload.root if isinstance(payload, ListFiles) else [payload])]
+
+
+class ResultImage(gr.Image):
+    """``gr.Image`` for rendered results, sent as JPEG (:func:`subspace.viz.jpeg`) instead of
+    gradio's WebP: about 1 ms per image instead of 25 on every run, click and threshold move."""
+
+    is_template = True  # same front-end component as gr.Image
+
+    def postprocess(self, value):
+        if not isinstance(value, Image.Image):
+            return super().postprocess(value)
+        name = f"{(self.elem_id or 'result').removeprefix('out-')}.jpg"
+        path = processing_utils.save_bytes_to_cache(viz.jpeg(value), name, self.GRADIO_CACHE)
+        return ImageData(path=path, orig_name=name)
 
 
 def _session(state) -> ss.Session:
@@ -316,26 +332,26 @@ with gr.Blocks(
         html_args = dict(show_label=False, js_on_load=None, elem_classes="bar")
         with gr.Column(min_width=220):
             gr.Markdown("**Query** · click any patch", elem_classes="imgtitle")
-            query_out = gr.Image(label="Query", elem_id="out-query", **image_args)
+            query_out = ResultImage(label="Query", elem_id="out-query", **image_args)
             patch_note = gr.HTML(label="Selected patch", **html_args, elem_id="patch-note")
         with gr.Column(min_width=220):
             gr.Markdown("**SGFR (ours)** · reconstruction error", elem_classes="imgtitle")
-            sgfr_out = gr.Image(label="SGFR heat map", elem_id="out-sgfr", **image_args)
+            sgfr_out = ResultImage(label="SGFR heat map", elem_id="out-sgfr", **image_args)
             sgfr_bar = gr.HTML(label="SGFR colour scale", **html_args)
         with gr.Column(min_width=220):
             gr.Markdown("**Baseline** · nearest neighbour", elem_classes="imgtitle")
-            knn_out = gr.Image(label="Baseline heat map", elem_id="out-knn", **image_args)
+            knn_out = ResultImage(label="Baseline heat map", elem_id="out-knn", **image_args)
             knn_bar = gr.HTML(label="Baseline colour scale", **html_args)
         with gr.Column(min_width=220):
             gr.Markdown("**Defect mask** · green: ground truth", elem_classes="imgtitle")
-            mask_out = gr.Image(label="Defect mask", elem_id="out-mask", **image_args)
+            mask_out = ResultImage(label="Defect mask", elem_id="out-mask", **image_args)
             threshold_in = gr.Slider(0, 1, value=0.5, label="Mask threshold", elem_id="threshold")
     summary_out = gr.HTML(label="Summary", show_label=False, js_on_load=None, elem_id="summary")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             gr.Markdown(WHY_MD, elem_classes="section")
-            plot_out = gr.Plot(
-                label="Per-dimension error", format="png", show_label=False, elem_id="dims"
+            plot_out = gr.HTML(
+                label="Per-dimension error", show_label=False, js_on_load=None, elem_id="dims"
             )
         with gr.Column(scale=2):
             gr.Markdown(SOURCES_MD, elem_classes="section")

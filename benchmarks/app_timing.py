@@ -7,7 +7,9 @@ Each run starts the app (bundled backbone, Hub offline, 127.0.0.1), then measure
 - ``page_interactive_s``: process start -> the page shows its Run button (in the browser);
 - ``cold_s``: click Run on the ball-screw example -> heat map shown (fit of 6 references +
   prediction, the first of this visitor);
-- ``warm_s``: click another example query -> its heat map shown (fit reused), 8 times.
+- ``warm_s``: click another example query -> its heat map shown (fit reused), 8 times;
+- ``patch_click_s``: click a patch of the heat map -> its per-dimension chart shown, 6 times;
+- ``threshold_s``: click on the threshold slider -> the new mask shown, 6 times.
 Run it on an otherwise idle machine; it needs Chromium (``CHROMIUM`` or /usr/bin/chromium).
 """
 
@@ -28,6 +30,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 TIMEOUT_MS = 120_000
 NEW_MAP = """old => { const i = document.querySelector('#out-sgfr img');
     return i && i.complete && i.naturalWidth > 0 && i.getAttribute('src') !== old }"""
+NEW_MASK = NEW_MAP.replace("#out-sgfr", "#out-mask")
+NEW_CHART = "old => document.querySelector('#dims .dimchart-title').innerText !== old"
 
 
 def one_run(browser, workdir: Path) -> dict:
@@ -52,7 +56,7 @@ def one_run(browser, workdir: Path) -> dict:
         page.locator("#run").click()
         page.wait_for_function(NEW_MAP, arg=None, timeout=TIMEOUT_MS)
         cold = time.perf_counter() - t
-        page.locator("#dims img").wait_for(timeout=TIMEOUT_MS)
+        page.locator("#dims svg").wait_for(timeout=TIMEOUT_MS)
         warm = []
         for i in [0, 1, 2, 3] * 2:
             time.sleep(0.8)
@@ -61,6 +65,28 @@ def one_run(browser, workdir: Path) -> dict:
             page.locator("#example-queries img").nth(i).click()
             page.wait_for_function(NEW_MAP, arg=old, timeout=TIMEOUT_MS)
             warm.append(time.perf_counter() - t)
+        time.sleep(1.5)  # the results bundle of the last run is written meanwhile
+        clicks, heat = [], page.locator("#out-sgfr img")
+        for fx, fy in [(0.1, 0.2), (0.5, 0.5), (0.9, 0.8), (0.3, 0.7), (0.7, 0.3), (0.2, 0.9)]:
+            time.sleep(0.5)
+            old = page.locator("#dims .dimchart-title").inner_text()
+            box = heat.bounding_box()
+            t = time.perf_counter()
+            heat.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+            page.wait_for_function(NEW_CHART, arg=old, timeout=TIMEOUT_MS)
+            clicks.append(time.perf_counter() - t)
+        moves, slider = [], page.locator("#threshold input[type=range]")
+        for fx in (0.3, 0.7, 0.45, 0.85, 0.2, 0.6):
+            time.sleep(0.5)
+            lo, hi, now = map(float, slider.evaluate("e => [e.min, e.max, e.value]"))
+            if abs(fx - (now - lo) / (hi - lo)) < 0.05:  # the same value: nothing to redraw
+                fx += 0.1
+            old = page.locator("#out-mask img").first.get_attribute("src")
+            box = slider.bounding_box()
+            t = time.perf_counter()
+            slider.click(position={"x": box["width"] * fx, "y": box["height"] / 2})
+            page.wait_for_function(NEW_MASK, arg=old, timeout=TIMEOUT_MS)
+            moves.append(time.perf_counter() - t)
     finally:
         page.close()
         stop_server(proc)
@@ -70,6 +96,8 @@ def one_run(browser, workdir: Path) -> dict:
         cold_s=round(cold, 2),
         warm_median_s=round(statistics.median(warm), 2),
         warm_max_s=round(max(warm), 2),
+        patch_click_s=round(statistics.median(clicks), 2),
+        threshold_s=round(statistics.median(moves), 2),
     )
 
 

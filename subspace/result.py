@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from . import viz, widgets
+from . import chart, viz, widgets
 
 if TYPE_CHECKING:
     from .detector import Prediction
@@ -159,14 +159,14 @@ def views(res: Result, only_mask: bool = False) -> dict:
     return out
 
 
-def dimension_plot(res: Result):
-    """Matplotlib figure of the selected patch's per-dimension reconstruction error."""
+def dimension_plot(res: Result) -> str:
+    """HTML chart (inline SVG) of the selected patch's per-dimension reconstruction error."""
     det, pred = res.fit.detector, res.pred
     gy, gx = res.patch
     cal = det.calibration["sgfr"]
     row = gy * pred.grid[1] + gx
     title = f"Patch row {gy + 1}, column {gx + 1} (error {pred.sgfr.patch_scores[gy, gx]:.3g})"
-    return viz.dimension_figure(
+    return chart.dimension_chart(
         pred.residuals[row], det.stages, cal.dim_typical, cal.dim_high, title
     )
 

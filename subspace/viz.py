@@ -1,9 +1,10 @@
-"""Everything the app draws: fixed-scale colour maps, overlays, masks, figures, result bundles
-(the page's HTML widgets and style are in :mod:`subspace.widgets`).
+"""The app's raster drawing: fixed-scale colour maps, overlays, masks, thumbnails, result
+bundles (the page's HTML widgets and style are in :mod:`subspace.widgets`, the per-dimension
+chart in :mod:`subspace.chart`).
 
 Anomaly maps are always drawn on the detector's calibrated colour scale (``vmin`` .. ``vmax``
 from leave-one-out on the references), never stretched per image: a normal query looks calm.
-Only numpy, Pillow and matplotlib's object API (no pyplot, so it is thread-safe).
+Only numpy, Pillow and matplotlib's colour maps (no pyplot, so it is thread-safe).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from PIL import Image, ImageDraw, ImageFont
 
 CMAP = "turbo"  # perceptually ordered blue -> red; readable on projectors
@@ -26,8 +25,6 @@ THUMB_SIDE = 160  # long side of reference-patch thumbnails
 ALPHA = (0.25, 0.75)  # heat-map opacity at the bottom / top of the colour scale
 MASK_RGB = (255, 40, 40)  # predicted defect: fill and contour
 TRUTH_RGB = (60, 255, 90)  # ground-truth outline (example sets only)
-STAGE_COLOURS = ("#4C78A8", "#72B7B2", "#B279A2", "#9D755D")  # bars per backbone stage
-HIGH_COLOUR = "#E4572E"  # bars above the normal 99th percentile
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -170,79 +167,6 @@ def mark_cell(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image
 
 
 # ----------------------------------------------------------------------------- figures
-def dimension_figure(
-    residual: np.ndarray,
-    stages: Sequence,
-    typical: Sequence[float],
-    high: Sequence[float],
-    title: str,
-) -> Figure:
-    """Per-dimension reconstruction error of one patch, grouped by backbone stage.
-
-    Args:
-        residual: (d,) |y - y_hat| of the patch.
-        stages: objects with ``name``, ``start``, ``stop`` (channel slices per stage).
-        typical: (d,) mean |residual| of normal patches (leave-one-out on the references).
-        high: (d,) 99th percentile of the same.
-        title: figure title.
-    """
-    r = np.asarray(residual, dtype=np.float64)
-    typ, hi = np.asarray(typical, dtype=np.float64), np.asarray(high, dtype=np.float64)
-    d = r.shape[0]
-    x = np.arange(d)
-    over = r > hi
-    fig = Figure(figsize=(9.0, 3.6), dpi=110)
-    ax = fig.add_axes((0.065, 0.14, 0.925, 0.69))  # fixed margins: layout engines are slow
-    colours = np.empty(d, dtype=object)
-    energy = float((r**2).sum()) or 1.0
-    for i, st in enumerate(stages):
-        colours[st.start : st.stop] = STAGE_COLOURS[i % len(STAGE_COLOURS)]
-        share = float((r[st.start : st.stop] ** 2).sum()) / energy
-        if i:
-            ax.axvline(st.start - 0.5, color="0.35", lw=1.0, ls=":")
-        ax.text(
-            (st.start + st.stop - 1) / 2,
-            0.97,
-            f"{st.name}\n{share:.0%} of the squared error",
-            transform=ax.get_xaxis_transform(),
-            ha="center",
-            va="top",
-            fontsize=8.5,
-            color="0.2",
-        )
-    colours[over] = HIGH_COLOUR
-    ax.fill_between(x, 0, hi, step="mid", color="0.86", lw=0)
-    # One line per dimension, as wide as a bar: a single collection draws far faster than
-    # d rectangles, which matters for a plot redrawn on every click.
-    width_px = fig.get_figwidth() * fig.dpi * ax.get_position().width
-    lw = max(0.3, 0.85 * width_px / d * 72 / fig.dpi)  # points
-    ax.vlines(x, 0, r, colors=list(colours), lw=lw, capstyle="butt")
-    ax.step(x, typ, where="mid", color="black", lw=1.0, label="normal patches: mean")
-    ax.set_xlim(-0.5, d - 0.5)
-    ax.set_ylim(0, max(float(r.max()), float(hi.max())) * 1.25 or 1.0)  # room for labels
-    ax.set_xlabel(f"feature dimension (d = {d}), grouped by backbone stage")
-    ax.set_ylabel("|reconstruction error|")
-    handles = [
-        Patch(color=STAGE_COLOURS[0], label="this patch (colour: stage)"),
-        Patch(color=HIGH_COLOUR, label="this patch, above the normal 99 %"),
-        Patch(color="0.86", label="normal patches: up to the 99th percentile"),
-        ax.lines[-1],
-    ]
-    fig.legend(
-        handles=handles,
-        loc="upper center",
-        bbox_to_anchor=(0.5, 0.925),
-        ncol=4,
-        fontsize=8,
-        frameon=False,
-    )
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.suptitle(
-        f"{title}: {int(over.sum())} of {d} dimensions above the normal 99 %", fontsize=10, y=0.985
-    )
-    return fig
-
-
 def label_thumbnail(image: Image.Image, text: str) -> Image.Image:
     """Copy of ``image`` with ``text`` on a dark band along its bottom edge (always legible,
     unlike captions that a narrow gallery truncates)."""
@@ -293,6 +217,18 @@ def patch_thumbnails(
 
 
 # ----------------------------------------------------------------------------- bundle
+def jpeg(image: Image.Image) -> bytes:
+    """The page's encoding of a rendered result: JPEG, quality 92, full chroma resolution.
+
+    About 1 ms for a 768 px render where WebP (gradio's default) takes about 25 ms on two
+    cores, on the path of every run, click and threshold move; without chroma subsampling a
+    1-pixel mask outline keeps its colour.
+    """
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=92, subsampling=0)
+    return buf.getvalue()
+
+
 def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)  # speed over size: PNGs are zipped as-is

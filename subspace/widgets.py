@@ -12,7 +12,7 @@ import numpy as np
 from .viz import CMAP, lut, normalize
 
 
-def _fmt(x: float) -> str:
+def fmt(x: float) -> str:
     """Compact number: 3 significant digits, no scientific notation for usual ranges."""
     return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
 
@@ -28,14 +28,14 @@ def colorbar_html(
         beyond = "&#9656;" if score > vmax else ""
         marker = (
             f'<div class="cbar-score" style="left:{pos(score):.1f}%" '
-            f'title="image score {_fmt(score)}">&#9660;<span>{_fmt(score)}{beyond}</span></div>'
+            f'title="image score {fmt(score)}">&#9660;<span>{fmt(score)}{beyond}</span></div>'
         )
     return (
         f'<div class="cbar"><div class="cbar-title">{html.escape(title)}</div>'
         f'<div class="cbar-track" style="background:linear-gradient(to right, {stops})">'
         f'<div class="cbar-thr" style="left:{pos(threshold):.1f}%"></div>{marker}</div>'
-        f'<div class="cbar-ticks"><span>{_fmt(vmin)} normal</span>'
-        f"<span>threshold {_fmt(threshold)}</span><span>{_fmt(vmax)}+</span></div></div>"
+        f'<div class="cbar-ticks"><span>{fmt(vmin)} normal</span>'
+        f"<span>threshold {fmt(threshold)}</span><span>{fmt(vmax)}+</span></div></div>"
     )
 
 
@@ -63,7 +63,7 @@ def summary_html(s: dict) -> str:
         _card(
             "Verdict",
             verdict,
-            f"image score <b>{_fmt(sg['score'])}</b> vs references {_fmt(lo)}&ndash;{_fmt(hi)}",
+            f"image score <b>{fmt(sg['score'])}</b> vs references {fmt(lo)}&ndash;{fmt(hi)}",
             "bad" if unusual else "good",
         ),
         _card(
@@ -74,7 +74,7 @@ def summary_html(s: dict) -> str:
         _card(
             "Defect area",
             f"{100 * s['defect_area']:.2f} %",
-            f"of the image above threshold {_fmt(s['threshold'])}",
+            f"of the image above threshold {fmt(s['threshold'])}",
         ),
         _card(
             "Time",
@@ -89,7 +89,7 @@ def summary_html(s: dict) -> str:
         ),
         _card(
             "Baseline score",
-            _fmt(nn["score"]),
+            fmt(nn["score"]),
             f"nearest neighbour: above {nn['refs_below']} of {n}, p = {nn['p_value']:.2f}",
         ),
     ]
@@ -127,5 +127,14 @@ CSS = """
 .imgtitle p {margin: 0 0 -.3rem .2rem; font-size: .95rem; white-space: nowrap; overflow: hidden;
              text-overflow: ellipsis}
 #sources .caption-label, #refs-gallery .caption-label {display: none}
+.dimchart {font-size: .85rem; color: var(--body-text-color)}
+.dimchart svg {display: block; width: 100%; height: auto; font-size: 11px}
+.dimchart .hover rect:hover {fill: currentColor; fill-opacity: .1}
+.dimchart-legend {display: flex; flex-wrap: wrap; justify-content: center; gap: .2rem 1.1rem;
+                  font-size: .75rem; color: var(--body-text-color-subdued)}
+.dimchart-legend i {display: inline-block; width: .8rem; height: .8rem; border-radius: 2px;
+                    margin-right: .35rem; vertical-align: -.1rem}
+.dimchart-legend i.band {background: currentColor; opacity: .3}
+.dimchart-legend i.line {background: var(--body-text-color); height: 2px; vertical-align: .2rem}
 #sources .grid-wrap {height: auto !important; min-height: 0 !important; max-height: none !important}
 """

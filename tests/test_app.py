@@ -9,7 +9,6 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-from matplotlib.figure import Figure
 from PIL import Image
 
 from subspace import session as ss
@@ -90,7 +89,7 @@ def test_detect_returns_every_output(app_module, fitted):
     for bar in (sg_bar, nn_bar):
         assert "cbar-track" in bar and "threshold" in bar
     assert "Selected patch" in note
-    assert isinstance(fig, Figure) and fig.axes
+    assert "<svg" in fig and "dimensions above the normal 99 %" in fig
     # Reference patches: the query patch first, then weighted sources.
     assert sources[0][1] == "query patch" and len(sources) >= 2
     assert all("ref" in cap and ("+" in cap or "-" in cap) for _, cap in sources[1:])
@@ -185,7 +184,7 @@ def test_clicking_a_patch_changes_plot_and_sources(app_module, fitted):
         "score": pytest.approx(float(res.pred.sgfr.patch_scores[gy, gx])),
     }
     assert f"row {gy + 1}, column {gx + 1}" in note
-    assert isinstance(fig, Figure) and sources[0][0].tobytes() != before[1]
+    assert f"row {gy + 1}, column {gx + 1}" in fig and sources[0][0].tobytes() != before[1]
     # The API form takes query pixels.
     qx, qy = res.query.size[0] - 1, 0
     out2 = app_module.inspect(qx, qy, session)
@@ -205,6 +204,21 @@ def test_threshold_moves_mask_without_refit_or_predict(app_module, fitted, monke
     assert low_scores["defect_area"] > high_scores["defect_area"] == 0.0
     assert not np.array_equal(np.asarray(low_mask), np.asarray(high_mask))
     assert "Defect area" in low_summary
+
+
+def test_result_images_are_sent_as_sharp_jpeg(app_module):
+    """The result images go out as JPEG at full chroma resolution: a 1-pixel red outline on
+    grey keeps its colour (4:2:0 subsampling would smear it to about (160, 80, 80))."""
+    a = np.full((64, 96, 3), 128, np.uint8)
+    a[:, 31] = viz.MASK_RGB
+    data = app_module.mask_out.postprocess(Image.fromarray(a))
+    assert data.orig_name == "mask.jpg"
+    with Image.open(data.path) as sent:
+        assert sent.format == "JPEG" and sent.size == (96, 64)
+        got = np.asarray(sent.convert("RGB")).astype(int)
+    assert np.abs(got[:, 31] - np.array(viz.MASK_RGB)).max() <= 12
+    assert np.abs(got[:, 29] - 128).max() <= 12
+    assert app_module.mask_out.postprocess(None) is None
 
 
 def test_export_bundle(app_module, fitted):

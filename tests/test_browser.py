@@ -87,8 +87,10 @@ def test_full_visit(live_app, browser):
         page.locator("#run").click()
         _wait_src_change(page, "#out-sgfr img", None, RESULT_TIMEOUT_MS)
         timings["cold_click_to_heatmap_s"] = round(time.perf_counter() - t0, 2)
-        page.locator("#dims img").wait_for(timeout=30_000)
+        page.locator("#dims svg").wait_for(timeout=30_000)
         timings["cold_click_to_plot_s"] = round(time.perf_counter() - t0, 2)
+        # The chart arrives whole: one tooltip per feature dimension of lite0 (152).
+        assert page.locator("#dims svg rect title").count() == 152
         for sel in ("#out-query img", "#out-knn img", "#out-mask img", "#sources img"):
             page.locator(sel).first.wait_for(timeout=30_000)
         summary = page.locator("#summary")
@@ -96,14 +98,17 @@ def test_full_visit(live_app, browser):
         assert "Verdict" in summary.inner_text().title()
 
         # 3. Click a patch on the heat map: the plot and the reference patches change.
-        plot_before = _src(page, "#dims img")
+        plot_before = page.locator("#dims .dimchart-title").inner_text()
         sources_before = _src(page, "#sources img")
         note_before = page.locator("#patch-note").inner_text()
         heat = page.locator("#out-sgfr img")
         box = heat.bounding_box()
         t0 = time.perf_counter()
         heat.click(position={"x": box["width"] * 0.12, "y": box["height"] * 0.85})
-        _wait_src_change(page, "#dims img", plot_before)
+        page.wait_for_function(
+            "old => document.querySelector('#dims .dimchart-title').innerText !== old",
+            arg=plot_before,
+        )
         _wait_src_change(page, "#sources img", sources_before)
         timings["patch_click_s"] = round(time.perf_counter() - t0, 2)
         assert page.locator("#patch-note").inner_text() != note_before

@@ -420,21 +420,19 @@ def _alive(*types) -> int:
 
 def test_no_memory_growth_over_many_predictions(app_module, monkeypatch):
     """RSS after 25 handler runs stays within 10 % of RSS after 5 (short form of --leak), and
-    no result, figure or session outlives its run.
+    no result or session outlives its run.
 
     The detector's input size is lowered to keep the suite fast: what could leak (results,
-    renders at display size, figures, bundles) does not depend on it.
+    renders at display size, bundles) does not depend on it.
     """
     import functools
-
-    from matplotlib.figure import Figure
 
     from subspace import detector
     from subspace.detector import Config, Prediction
 
     monkeypatch.setattr(detector, "Config", functools.partial(Config, size=64))
     refs, _, _, queries = app_module.load_example("synthetic")
-    kinds = (Prediction, rs.Result, ss.Session, ss.Fit, Figure)
+    kinds = (Prediction, rs.Result, ss.Session, ss.Fit)
     state, marks, alive = None, {}, {}
     for i in range(25):
         out = app_module.detect(

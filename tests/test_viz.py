@@ -1,14 +1,12 @@
-"""Drawing: fixed colour scale, overlays, masks, figures, thumbnails and the results bundle."""
+"""Drawing: fixed colour scale, overlays, masks, thumbnails and the results bundle."""
 
 from __future__ import annotations
 
 import json
 import zipfile
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from matplotlib.collections import LineCollection
 from PIL import Image
 
 from subspace import viz, widgets
@@ -91,33 +89,6 @@ def test_colorbar_marks_threshold_and_score():
     over = widgets.colorbar_html(10.0, 30.0, 20.0, 99.0, "x")
     assert "left:100.0%" in over and "&#9656;" in over  # clipped, with a 'beyond' mark
     assert "cbar-score" not in widgets.colorbar_html(10.0, 30.0, 20.0, None, "x")
-
-
-def stages(*bounds):
-    return [
-        SimpleNamespace(name=f"stage {i + 1}", start=bounds[i], stop=bounds[i + 1])
-        for i in range(len(bounds) - 1)
-    ]
-
-
-def test_dimension_figure_groups_by_stage():
-    d = 152
-    r = np.full(d, 0.5)
-    r[[3, 100]] = 5.0
-    fig = viz.dimension_figure(r, stages(0, 40, 152), np.full(d, 0.4), np.full(d, 1.0), "Patch")
-    ax = fig.axes[0]
-    bars = next(c for c in ax.collections if isinstance(c, LineCollection))
-    assert len(bars.get_segments()) == d  # one bar per dimension
-    assert bars.get_segments()[3][1][1] == 5.0
-    colours = {tuple(c) for c in bars.get_colors()}
-    assert len(colours) == 3  # two stages + "above the normal 99 %"
-    texts = " ".join(t.get_text() for t in ax.texts)
-    assert "stage 1" in texts and "stage 2" in texts and "%" in texts
-    assert "2 of 152" in fig._suptitle.get_text()
-    wide = viz.dimension_figure(
-        np.ones(1536), stages(0, 512, 1536), np.ones(1536), np.ones(1536), "WRN"
-    )
-    assert any(isinstance(c, LineCollection) for c in wide.axes[0].collections)
 
 
 def test_patch_thumbnails_scale_boxes():
