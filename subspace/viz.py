@@ -268,7 +268,9 @@ def write_bundle(
             vmin, vmax = scales[name]
             z.writestr(f"heatmap_{name}.png", _png(Image.fromarray(colorize(m, vmin, vmax))))
             z.writestr(f"overlay_{name}.png", _png(overlay(query, m, vmin, vmax)))
-            z.writestr(f"map_{name}.npy", _npy(m), compress_type=zipfile.ZIP_DEFLATED)
+            # Stored, not deflated: float maps shrink by about a fifth for 0.1 s of CPU each,
+            # and a bundle is written after every run whether or not it is downloaded.
+            z.writestr(f"map_{name}.npy", _npy(m))
         mask = Image.fromarray((np.asarray(maps[primary]) > threshold).astype(np.uint8) * 255)
         z.writestr(f"mask_{primary}.png", _png(mask))
         z.writestr("scores.json", json.dumps(scores, indent=2), compress_type=zipfile.ZIP_DEFLATED)
