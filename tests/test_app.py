@@ -354,6 +354,7 @@ def test_api_through_gradio_client(live_app, app_module):
     assert len(out) == 12  # every output but the state
     for path in out[:4]:
         assert Image.open(path).size == Image.open(out[0]).size
+        assert Image.open(path).format == "JPEG"
     scores = out[11]
     assert scores["backbone"] == "lite0" and scores["sgfr"]["score"] > 0
     assert not scores["fit_reused"]
@@ -363,6 +364,7 @@ def test_api_through_gradio_client(live_app, app_module):
     assert scores2["defect_area"] <= scores["defect_area"]
     inspected = client.predict(x=0, y=0, api_name="/inspect")
     assert inspected[7]["patch"]["row"] == 0 and inspected[7]["patch"]["col"] == 0
+    assert "<svg" in inspected[5] and "Patch row 1, column 1" in inspected[5]
     bundle = client.predict(api_name="/bundle")
     with zipfile.ZipFile(bundle) as z:
         assert "scores.json" in z.namelist()
