@@ -19,7 +19,7 @@ from .widgets import fmt
 STAGE_COLOURS = ("#4C78A8", "#72B7B2", "#B279A2", "#9D755D")  # bars per backbone stage
 HIGH_COLOUR = "#E4572E"  # bars above the normal 99th percentile
 WIDTH, HEIGHT = 900, 300  # viewBox units; the SVG scales to its column's width
-LEFT, RIGHT, TOP, BOTTOM = 52, 8, 34, 38  # plot margins inside the viewBox
+LEFT, RIGHT, TOP, BOTTOM = 58, 8, 42, 42  # plot margins inside the viewBox
 MAX_HOVER = 512  # beyond this many dimensions only those above the normal 99 % get a tooltip
 
 
@@ -95,9 +95,9 @@ def dimension_chart(
                 f'stroke-opacity=".55" stroke-dasharray="2 3"/>'
             )
         parts.append(
-            f'<text x="{(x(st.start - 0.5) + x(st.stop - 0.5)) / 2:.1f}" y="{TOP - 18}" '
+            f'<text x="{(x(st.start - 0.5) + x(st.stop - 0.5)) / 2:.1f}" y="{TOP - 24}" '
             f'text-anchor="middle"><tspan font-weight="600">{html.escape(str(st.name))}</tspan>'
-            f'<tspan x="{(x(st.start - 0.5) + x(st.stop - 0.5)) / 2:.1f}" dy="13">'
+            f'<tspan x="{(x(st.start - 0.5) + x(st.stop - 0.5)) / 2:.1f}" dy="15">'
             f"{share:.0%} of the squared error</tspan></text>"
         )
     colours[over] = HIGH_COLOUR
@@ -114,11 +114,11 @@ def dimension_chart(
         f' stroke-opacity=".6"/>'
     )
     for t in np.arange(0, d, nice_step(d, 6)):
-        parts.append(f'<text x="{x(t):.1f}" y="{base + 14}" text-anchor="middle">{int(t)}</text>')
+        parts.append(f'<text x="{x(t):.1f}" y="{base + 16}" text-anchor="middle">{int(t)}</text>')
     parts.append(
         f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 4}" text-anchor="middle">feature '
         f"dimension (d = {d}), grouped by backbone stage</text>"
-        f'<text transform="translate(12 {(TOP + base) / 2:.0f}) rotate(-90)" '
+        f'<text transform="translate(14 {(TOP + base) / 2:.0f}) rotate(-90)" '
         f'text-anchor="middle">|reconstruction error|</text>'
     )
     parts.append(_hover_targets(r, typ, hi, over, stages, x, bar))

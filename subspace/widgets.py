@@ -128,10 +128,10 @@ CSS = """
              text-overflow: ellipsis}
 #sources .caption-label, #refs-gallery .caption-label {display: none}
 .dimchart {font-size: .85rem; color: var(--body-text-color)}
-.dimchart svg {display: block; width: 100%; height: auto; font-size: 11px}
+.dimchart svg {display: block; width: 100%; height: auto; font-size: 13px}
 .dimchart .hover rect:hover {fill: currentColor; fill-opacity: .1}
 .dimchart-legend {display: flex; flex-wrap: wrap; justify-content: center; gap: .2rem 1.1rem;
-                  font-size: .75rem; color: var(--body-text-color-subdued)}
+                  font-size: .8rem; color: var(--body-text-color-subdued)}
 .dimchart-legend i {display: inline-block; width: .8rem; height: .8rem; border-radius: 2px;
                     margin-right: .35rem; vertical-align: -.1rem}
 .dimchart-legend i.band {background: currentColor; opacity: .3}
