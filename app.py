@@ -350,7 +350,7 @@ with gr.Blocks(
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             gr.Markdown(WHY_MD, elem_classes="section")
-            plot_out = gr.HTML(
+            chart_out = gr.HTML(
                 label="Per-dimension error", show_label=False, js_on_load=None, elem_id="dims"
             )
         with gr.Column(scale=2):
@@ -373,7 +373,7 @@ with gr.Blocks(
 
     # ----------------------------------------------------------------------- events
     images = [query_out, sgfr_out, knn_out, mask_out]
-    explain = [patch_note, plot_out, sources_out]
+    explain = [patch_note, chart_out, sources_out]
     numbers = [summary_out, scores_out]
     refs_in.change(preview_references, refs_in, refs_gallery, api_name="preview_references")
     for name, btn in example_buttons.items():

@@ -73,7 +73,7 @@ def dimension_chart(
     top = math.ceil(top / step) * step
     plot_w, base = WIDTH - LEFT - RIGHT, HEIGHT - BOTTOM
     x = lambda i: LEFT + (i + 0.5) * plot_w / d  # noqa: E731 (centre of dimension i)
-    y = lambda v: base - (base - TOP) * min(float(v), top) / top  # noqa: E731
+    y = lambda v: base - (base - TOP) * float(v) / top  # noqa: E731
     bar = 0.85 * plot_w / d
     energy = float((r**2).sum()) or 1.0
 
@@ -84,9 +84,11 @@ def dimension_chart(
             f'stroke="currentColor" stroke-opacity=".12"/>'
             f'<text x="{LEFT - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{fmt(float(t))}</text>'
         )
-    colours = np.empty(d, dtype=object)
+    colours, names = np.empty(d, dtype=object), np.empty(d, dtype=object)
     for i, st in enumerate(stages):
         colours[st.start : st.stop] = STAGE_COLOURS[i % len(STAGE_COLOURS)]
+        names[st.start : st.stop] = str(st.name)
+        mid = f"{(x(st.start - 0.5) + x(st.stop - 0.5)) / 2:.1f}"
         share = float((r[st.start : st.stop] ** 2).sum()) / energy
         if i:
             sx = f"{x(st.start - 0.5):.1f}"
@@ -95,9 +97,9 @@ def dimension_chart(
                 f'stroke-opacity=".55" stroke-dasharray="2 3"/>'
             )
         parts.append(
-            f'<text x="{(x(st.start - 0.5) + x(st.stop - 0.5)) / 2:.1f}" y="{TOP - 24}" '
+            f'<text x="{mid}" y="{TOP - 24}" '
             f'text-anchor="middle"><tspan font-weight="600">{html.escape(str(st.name))}</tspan>'
-            f'<tspan x="{(x(st.start - 0.5) + x(st.stop - 0.5)) / 2:.1f}" dy="15">'
+            f'<tspan x="{mid}" dy="15">'
             f"{share:.0%} of the squared error</tspan></text>"
         )
     colours[over] = HIGH_COLOUR
@@ -121,7 +123,7 @@ def dimension_chart(
         f'<text transform="translate(14 {(TOP + base) / 2:.0f}) rotate(-90)" '
         f'text-anchor="middle">|reconstruction error|</text>'
     )
-    parts.append(_hover_targets(r, typ, hi, over, stages, x, bar))
+    parts.append(_hover_targets(r, typ, hi, over, names, x, plot_w / d))
     n_over = int(over.sum())
     heading = f"{html.escape(title)}: <b>{n_over} of {d}</b> dimensions above the normal 99 %"
     label = f"Reconstruction error per feature dimension; {n_over} of {d} above the normal 99 %"
@@ -141,20 +143,18 @@ def dimension_chart(
     )
 
 
-def _hover_targets(r, typ, hi, over, stages, x, bar) -> str:
-    """Invisible full-height columns whose tooltips give each dimension's numbers."""
+def _hover_targets(r, typ, hi, over, names, x, column: float) -> str:
+    """Invisible full-height columns whose tooltips give each dimension's numbers (``names``:
+    (d,) stage name of each dimension, ``column``: a dimension's width in viewBox units)."""
     d = r.shape[0]
-    stage_of = np.empty(d, dtype=object)
-    for st in stages:
-        stage_of[st.start : st.stop] = str(st.name)
     dims = np.arange(d) if d <= MAX_HOVER else np.flatnonzero(over)
     if dims.size > MAX_HOVER:  # the largest excesses
         dims = np.sort(dims[np.argsort(-(r - hi)[dims])[:MAX_HOVER]])
-    width = max(bar / 0.85, 3.0)
+    width = max(column, 3.0)
     cols = [
         f'<rect x="{x(i) - width / 2:.1f}" y="{TOP}" width="{width:.1f}" '
         f'height="{HEIGHT - BOTTOM - TOP}"><title>dimension {i} · '
-        f"{html.escape(stage_of[i] or '')}\nerror {fmt(r[i])}"
+        f"{html.escape(names[i] or '')}\nerror {fmt(r[i])}"
         f"{' (above the normal 99 %)' if over[i] else ''}\n"
         f"normal: mean {fmt(typ[i])}, 99 % {fmt(hi[i])}</title></rect>"
         for i in dims
