@@ -424,6 +424,13 @@ with gr.Blocks(
 demo.queue(default_concurrency_limit=1, max_size=24)
 
 
+def _exit_on_sigterm(*_) -> None:
+    """A normal exit; further SIGTERMs (a supervisor and ``timeout`` both sending one) are
+    ignored, so that they cannot cut the cleanup short or kill the process half-way."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(0)
+
+
 def launch_kwargs() -> dict:
     """Local by default; Spaces set GRADIO_SERVER_NAME. Uploads are bounded like the loader."""
     return dict(
@@ -445,6 +452,6 @@ if __name__ == "__main__":
     ss.tune_allocator()  # before the worker threads: keeps RSS flat over many runs
     # SIGTERM (Spaces, CI) ends it through a normal interpreter exit rather than a kill, so
     # the visitors' bundle folders are removed on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     ss.warm_up(ss.choose_backbone(DEFAULT_BACKBONE, STATUS)[0], after=lambda: demo.is_running)
     demo.launch(**launch_kwargs())
