@@ -425,9 +425,10 @@ demo.queue(default_concurrency_limit=1, max_size=24)
 
 
 def _exit_on_sigterm(*_) -> None:
-    """A normal exit; further SIGTERMs (a supervisor and ``timeout`` both sending one) are
-    ignored, so that they cannot cut the cleanup short or kill the process half-way."""
+    """A normal exit once the background fits have stopped; further SIGTERMs (a supervisor and
+    ``timeout`` both sending one) are ignored, so that they cannot cut the cleanup short."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ss.stop_background()
     sys.exit(0)
 
 
@@ -453,5 +454,9 @@ if __name__ == "__main__":
     # SIGTERM (Spaces, CI) ends it through a normal interpreter exit rather than a kill, so
     # the visitors' bundle folders are removed on the way out.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    ss.warm_up(ss.choose_backbone(DEFAULT_BACKBONE, STATUS)[0], after=lambda: demo.is_running)
+    # The example sets are fitted once, in the background, for every visitor: a first click
+    # on an example then answers as fast as a further query.
+    sets = [uploads.read_references([str(p) for p in ex.normal]) for ex in EXAMPLES.values()]
+    backbone = ss.choose_backbone(DEFAULT_BACKBONE, STATUS)[0]
+    ss.warm_up(backbone, after=lambda: demo.is_running, prepare=sets)
     demo.launch(**launch_kwargs())

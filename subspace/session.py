@@ -1,7 +1,9 @@
 """Per-visitor state of the app: fits reused by reference content and the last result.
 
 The app keeps one :class:`Session` per browser tab in a ``gr.State``; nothing here is shared
-between visitors except the read-only backbones (one per preset, loaded once per process).
+between visitors except what is read-only: the backbones (one per preset, loaded once per
+process) and the fits of the example sets, prepared once at start-up (:func:`warm_up`), so
+that a visitor's first click on an example answers as fast as a further query.
 """
 
 from __future__ import annotations
@@ -42,6 +44,32 @@ SAMPLING = "usage"
 
 _BACKBONES: dict[str, Backbone] = {}
 _BACKBONE_LOCK = threading.Lock()
+_PREPARED: dict[str, Fit] = {}  # fit key -> fit shared by every visitor (the example sets)
+_PREPARING: dict[str, threading.Event] = {}  # fit key -> set once its preparation has ended
+PREPARE_WAIT_S = 60.0  # a visitor waits at most this long for a fit being prepared
+_STOP = threading.Event()  # set on shutdown: the background work stops at its next step
+_BACKGROUND: list[threading.Thread] = []  # the warm-up threads, joined on shutdown
+
+
+class Stopped(Exception):
+    """Raised inside background work once :func:`stop_background` was called."""
+
+
+def _stop_point(*_) -> None:
+    """A progress callback that ends background work at its next step after a shutdown."""
+    if _STOP.is_set():
+        raise Stopped
+
+
+def stop_background(timeout: float = 10.0) -> None:
+    """Stop the warm-up and the example fits at their next step and wait for them (bounded).
+
+    Call it before the interpreter exits: torch still computing in a daemon thread while the
+    process shuts down aborts it ("terminate called without an active exception").
+    """
+    _STOP.set()
+    for thread in _BACKGROUND:
+        thread.join(timeout)
 
 
 def get_backbone(name: str) -> Backbone:
@@ -145,30 +173,88 @@ class Session:
         ratio: float,
         progress: Callable[[float, str], None] | None = None,
     ) -> tuple[Fit, bool]:
-        """Fitted detector for these references, backbone and ratio: reused or fitted now."""
-        key = f"{digest}:{backbone}:{ratio:.4f}"
-        if key in self.fits:
-            self.fits.move_to_end(key)
-            return self.fits[key], True
-        from .detector import Config, Detector
-
-        refs = [load_image(u.data, name=u.label) for u in uploads]  # ImageError if unusable
-        config = Config(backbone=backbone, ratio=ratio, sampling=SAMPLING)
-        det = Detector(config, backbone=get_backbone(backbone)).fit(refs, progress=progress)
-        shown = [viz.to_display(im) for im in refs]
-        fit = Fit(
-            key, det, shown, [s.size[0] / im.size[0] for s, im in zip(shown, refs, strict=True)]
-        )
+        """Fitted detector for these references, backbone and ratio: reused (this visitor's
+        own, or one prepared for every visitor) or fitted now."""
+        key = fit_key(digest, backbone, ratio)
+        fit = self.fits.get(key) or prepared_fit(key, progress)
+        reused = fit is not None
+        if fit is None:
+            fit = new_fit(uploads, key, backbone, ratio, progress)
         self.fits[key] = fit
+        self.fits.move_to_end(key)
         while len(self.fits) > FITS_PER_SESSION:
             self.fits.popitem(last=False)
-        return fit, False
+        return fit, reused
 
     def close(self) -> None:
         """Drop references to detectors and images so their memory can be returned."""
         self.fits.clear()
         self.result = None
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def fit_key(digest: str, backbone: str, ratio: float) -> str:
+    """What identifies a fit: the references' content, the backbone and the share kept."""
+    return f"{digest}:{backbone}:{ratio:.4f}"
+
+
+def new_fit(
+    uploads: Sequence[Upload],
+    key: str,
+    backbone: str,
+    ratio: float,
+    progress: Callable[[float, str], None] | None = None,
+) -> Fit:
+    """Fit a detector on the uploaded references (ImageError if one is unusable)."""
+    from .detector import Config, Detector
+
+    refs = [load_image(u.data, name=u.label) for u in uploads]
+    config = Config(backbone=backbone, ratio=ratio, sampling=SAMPLING)
+    det = Detector(config, backbone=get_backbone(backbone)).fit(refs, progress=progress)
+    shown = [viz.to_display(im) for im in refs]
+    return Fit(key, det, shown, [s.size[0] / im.size[0] for s, im in zip(shown, refs, strict=True)])
+
+
+def prepared_fit(
+    key: str, progress: Callable[[float, str], None] | None = None, wait_s: float | None = None
+) -> Fit | None:
+    """The fit prepared for every visitor under ``key``, waiting while it is being prepared;
+    None if there is none (or its preparation failed or takes too long)."""
+    pending = _PREPARING.get(key)
+    if pending is not None and not pending.is_set():
+        if progress is not None:
+            progress(0.5, "preparing this example set")
+        pending.wait(PREPARE_WAIT_S if wait_s is None else wait_s)
+    return _PREPARED.get(key)
+
+
+def prepare_fits(
+    sets: Sequence[tuple[Sequence[Upload], str]], backbone: str, ratio: float = RATIO_DEFAULT
+) -> Callable[[], None]:
+    """Announce fits of reference ``sets`` ((uploads, digest) each) for every visitor; returns
+    the function that fits them one after the other. Visitors asking for an announced fit wait
+    for it (:func:`prepared_fit`) instead of fitting the same references beside it."""
+    keys = [fit_key(digest, backbone, ratio) for _, digest in sets]
+    for key in keys:
+        _PREPARING.setdefault(key, threading.Event())
+
+    def run() -> None:
+        try:
+            for (uploads, _), key in zip(sets, keys, strict=True):
+                try:
+                    if key not in _PREPARED:
+                        _PREPARED[key] = new_fit(uploads, key, backbone, ratio, _stop_point)
+                except Stopped:
+                    return
+                except Exception as err:  # only an optimisation: visitors then fit it themselves
+                    log.warning("preparing a fit of the example set failed: %s", err)
+                finally:
+                    _PREPARING[key].set()
+        finally:  # stopped: nobody waits for what was not prepared
+            for key in keys:
+                _PREPARING[key].set()
+
+    return run
 
 
 def close_session(session: Session | None) -> None:
@@ -196,13 +282,19 @@ def tune_allocator(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
 
 
 def warm_up(
-    backbone: str, after: Callable[[], bool] | None = None, wait_s: float = 30.0
+    backbone: str,
+    after: Callable[[], bool] | None = None,
+    wait_s: float = 30.0,
+    prepare: Sequence[tuple[Sequence[Upload], str]] = (),
 ) -> threading.Thread:
-    """Load ``backbone`` and run a tiny fit + predict in the background (first-call costs).
+    """Load ``backbone`` and run a tiny fit + predict in the background (first-call costs),
+    then fit the reference sets ``prepare`` ((uploads, digest) each: the example sets) at the
+    default share for every visitor (:func:`prepare_fits`).
 
     ``after``: start once it returns True (polled for at most ``wait_s`` seconds), e.g. once
     the server is up, so the warm-up never delays the first page.
     """
+    prepared = prepare_fits(prepare, backbone)  # announced now: nobody fits them twice
 
     def run() -> None:
         from .detector import Config, Detector
@@ -210,15 +302,23 @@ def warm_up(
 
         t0 = time.perf_counter()
         while after is not None and not after() and time.perf_counter() - t0 < wait_s:
-            time.sleep(0.1)
+            if _STOP.wait(0.1):
+                break
         try:  # one tiny image: loads the weights and primes torch without hogging the CPU
+            _stop_point()
             image = Image.fromarray(texture((64, 64)))
             det = Detector(Config(backbone=backbone, size=64), backbone=get_backbone(backbone))
-            det.fit([image]).predict(image)
+            det.fit([image], progress=_stop_point).predict(image)
             log.info("warm-up done (%s) in %.1f s", backbone, time.perf_counter() - t0)
+        except Stopped:
+            pass
         except Exception as err:  # only an optimisation
             log.warning("warm-up failed: %s", err)
+        prepared()
+        if prepare and not _STOP.is_set():
+            log.info("%d example fits prepared in %.1f s", len(prepare), time.perf_counter() - t0)
 
     thread = threading.Thread(target=run, daemon=True, name="warm-up")
+    _BACKGROUND.append(thread)
     thread.start()
     return thread

@@ -13,6 +13,7 @@ from PIL import Image
 
 from subspace import session as ss
 from subspace import uploads, viz
+from subspace.data import ImageError
 from subspace.detector import Detector
 
 N_RUN_OUTPUTS = 13  # 4 images, 2 colour bars, note, plot, gallery, slider, summary, JSON, state
@@ -137,6 +138,53 @@ def test_fit_is_reused_for_a_new_query(app_module, fitted, monkeypatch):
     assert out2[-1] is session and session.result.fit is fit_before
     assert out2[11]["fit_reused"] and out2[11]["query"] == good.name
     assert all(desc != "extracting features" for _, desc in progress.calls)
+
+
+def test_prepared_fit_is_shared_by_every_visitor(app_module, monkeypatch):
+    """An example set fitted once at start-up serves every visitor; one who asks while it is
+    being prepared waits for it instead of fitting the same references beside it."""
+    import threading
+    import time
+
+    monkeypatch.setattr(ss, "_PREPARED", {})
+    monkeypatch.setattr(ss, "_PREPARING", {})
+    refs = [str(p) for p in app_module.EXAMPLES["synthetic"].normal[:2]]
+    ref_set = uploads.read_references(refs)
+    key = ss.fit_key(ref_set[1], "lite0", ss.RATIO_DEFAULT)
+    fits = []
+    real_fit = Detector.fit
+    monkeypatch.setattr(
+        Detector, "fit", lambda self, *a, **k: fits.append(1) or real_fit(self, *a, **k)
+    )
+    prepare = ss.prepare_fits([ref_set], "lite0")
+    assert ss.prepared_fit(key, wait_s=0) is None  # announced, not ready yet
+    got, said = [], []
+    visitor = threading.Thread(
+        target=lambda: got.append(
+            ss.Session().fit(*ref_set, "lite0", ss.RATIO_DEFAULT, lambda f, m: said.append(m))
+        )
+    )
+    visitor.start()
+    time.sleep(0.2)  # the visitor arrives while the fit is being prepared
+    prepare()
+    visitor.join(timeout=60)
+    assert len(fits) == 1 and got == [(ss._PREPARED[key], True)]
+    assert said == ["preparing this example set"]
+    # Later visitors: the same fit at once, no fit of theirs; another share is not prepared.
+    second = ss.Session()
+    assert second.fit(*ref_set, "lite0", ss.RATIO_DEFAULT) == (ss._PREPARED[key], True)
+    assert second.fits[key] is ss._PREPARED[key] and len(fits) == 1
+    assert ss.prepared_fit(ss.fit_key(ref_set[1], "lite0", 0.5)) is None
+
+
+def test_failed_preparation_leaves_the_visitor_to_fit(monkeypatch):
+    monkeypatch.setattr(ss, "_PREPARED", {})
+    monkeypatch.setattr(ss, "_PREPARING", {})
+    broken = ([uploads.Upload("reference 'x.png'", b"not an image")], "digest")
+    ss.prepare_fits([broken], "lite0")()  # logs a warning, never raises
+    assert ss.prepared_fit(ss.fit_key("digest", "lite0", ss.RATIO_DEFAULT), wait_s=0) is None
+    with pytest.raises(ImageError, match="x.png"):
+        ss.Session().fit(*broken, "lite0", ss.RATIO_DEFAULT)
 
 
 def test_cache_key_is_references_backbone_and_ratio(app_module, fitted):

@@ -531,6 +531,25 @@ def test_the_offline_fallback_is_logged_at_startup(server):
     assert "EfficientNet-Lite0" in log
 
 
+def test_stopping_while_the_examples_are_being_fitted_is_clean(tmp_path):
+    """SIGTERM while the example sets are fitted in the background (the first seconds after
+    start-up) stops that work first: torch still computing in a daemon thread while the
+    interpreter exits used to abort the process ("terminate called without ...")."""
+    proc, _ = app_server.start_server(tmp_path / "server.log", tmp_path / "gradio")
+    log = tmp_path / "server.log"
+    try:
+        t0 = time.perf_counter()
+        while "warm-up done" not in log.read_text():  # the example fits start right after
+            assert time.perf_counter() - t0 < 60, log.read_text()[-2000:]
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert "example fits prepared" not in log.read_text()  # still fitting them
+    finally:
+        app_server.stop_server(proc)
+    text = log.read_text()
+    assert proc.returncode == 0 and "terminate called" not in text, text[-2000:]
+
+
 def test_stopping_the_server_removes_the_visitors_files(tmp_path, monkeypatch):
     """SIGTERM (how a Space or a terminal stops the app) is a normal exit: every visitor's
     result bundles are removed, not left behind in the temporary folder, even when a second
