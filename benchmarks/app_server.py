@@ -48,6 +48,15 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def wait_for_log(path: Path, text: str, timeout: float) -> None:
+    """Poll the server log at ``path`` until it holds ``text`` (bounded: TimeoutError)."""
+    t0 = time.perf_counter()
+    while text not in path.read_text():
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"{text!r} not in {path.name} within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 def start_server(
     log_path: Path, cache: Path, timeout: float = 120.0
 ) -> tuple[subprocess.Popen, str]:

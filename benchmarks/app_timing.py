@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from app_server import start_server, stop_server
+from app_server import start_server, stop_server, wait_for_log
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -47,11 +47,8 @@ def one_run(browser, workdir: Path) -> dict:
         page.goto(url)
         page.locator("#run").wait_for(timeout=TIMEOUT_MS)
         interactive = time.perf_counter() - t0
-        log = workdir / "server.log"
-        while "example fits prepared" not in log.read_text():  # as on a server already up
-            if time.perf_counter() - t0 > TIMEOUT_MS / 1000:
-                raise TimeoutError("the app did not prepare the example fits")
-            time.sleep(0.1)
+        # The visitor's clicks come once the example fits are ready, as on a server already up.
+        wait_for_log(workdir / "server.log", "example fits prepared", TIMEOUT_MS / 1000)
         prepared = time.perf_counter() - t0
 
         def shown() -> str | None:
