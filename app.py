@@ -89,6 +89,10 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
+        except ss.Stopped:
+            raise gr.Error(
+                "The app is restarting: please try again in a minute.", print_exception=False
+            ) from None
         except (ImageError, ValueError) as err:
             raise gr.Error(str(err), print_exception=False) from None
         except Exception as err:  # a bug or a resource problem: log it, never show a trace
@@ -202,11 +206,12 @@ def detect(refs, query, backbone, ratio, state, progress=gr.Progress()):  # noqa
     name, failed = ss.load_or_fallback(name)
     for message in filter(None, (warning, failed)):
         gr.Warning(message)
-    fit, reused = session.fit(
-        ref_files, digest, name, float(ratio), lambda f, m: progress(0.05 + 0.9 * f, desc=m)
-    )
-    progress(0.97, desc="scoring the query")
-    pred = fit.detector.predict(image)
+    with ss.model_work():  # a shutdown waits for it (torch at exit would abort the process)
+        fit, reused = session.fit(
+            ref_files, digest, name, float(ratio), lambda f, m: progress(0.05 + 0.9 * f, desc=m)
+        )
+        progress(0.97, desc="scoring the query")
+        pred = fit.detector.predict(image)
     truth = TRUTH.lookup(data, image.size)
     session.result = rs.make_result(pred, fit, Path(query).name, image, truth, reused)
     return (*_views(session), *_explain(session), *_numbers(session, slider=True), session)
@@ -425,10 +430,10 @@ demo.queue(default_concurrency_limit=1, max_size=24)
 
 
 def _exit_on_sigterm(*_) -> None:
-    """A normal exit once the background fits have stopped; further SIGTERMs (a supervisor and
-    ``timeout`` both sending one) are ignored, so that they cannot cut the cleanup short."""
+    """A normal exit once the model work under way has stopped; further SIGTERMs (a supervisor
+    and ``timeout`` both sending one) are ignored, so that they cannot cut the cleanup short."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    ss.stop_background()
+    ss.stop_model_work()
     sys.exit(0)
 
 

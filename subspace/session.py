@@ -8,6 +8,7 @@ that a visitor's first click on an example answers as fast as a further query.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import shutil
@@ -47,29 +48,62 @@ _BACKBONE_LOCK = threading.Lock()
 _PREPARED: dict[str, Fit] = {}  # fit key -> fit shared by every visitor (the example sets)
 _PREPARING: dict[str, threading.Event] = {}  # fit key -> set once its preparation has ended
 PREPARE_WAIT_S = 60.0  # a visitor waits at most this long for a fit being prepared
-_STOP = threading.Event()  # set on shutdown: the background work stops at its next step
+_STOP = threading.Event()  # set on shutdown: model work stops at its next step
 _BACKGROUND: list[threading.Thread] = []  # the warm-up threads, joined on shutdown
+_WORK = threading.Condition()  # guards _ACTIVE
+_ACTIVE = 0  # requests fitting or scoring right now
 
 
 class Stopped(Exception):
-    """Raised inside background work once :func:`stop_background` was called."""
+    """Raised in model work once :func:`stop_model_work` was called (the app shuts down)."""
 
 
 def _stop_point(*_) -> None:
-    """A progress callback that ends background work at its next step after a shutdown."""
+    """A progress callback that ends model work at its next step after a shutdown."""
     if _STOP.is_set():
         raise Stopped
 
 
-def stop_background(timeout: float = 10.0) -> None:
-    """Stop the warm-up and the example fits at their next step and wait for them (bounded).
+def _stoppable(progress: Callable[[float, str], None] | None) -> Callable[[float, str], None]:
+    """``progress``, ending the work at its next step once the app shuts down."""
 
-    Call it before the interpreter exits: torch still computing in a daemon thread while the
+    def say(fraction: float, message: str) -> None:
+        _stop_point()
+        if progress is not None:
+            progress(fraction, message)
+
+    return say
+
+
+@contextlib.contextmanager
+def model_work():
+    """Marks a request's fitting and scoring, so that a shutdown waits for it to end; once the
+    shutdown has begun, new work is refused (:class:`Stopped`)."""
+    global _ACTIVE
+    with _WORK:
+        _stop_point()
+        _ACTIVE += 1
+    try:
+        yield
+    finally:
+        with _WORK:
+            _ACTIVE -= 1
+            _WORK.notify_all()
+
+
+def stop_model_work(timeout: float = 10.0) -> None:
+    """Stop the warm-up, the example fits and the requests' fits at their next step, and wait
+    for them and for any scoring under way (at most ``timeout`` seconds in all).
+
+    Call it before the interpreter exits: torch still computing in another thread while the
     process shuts down aborts it ("terminate called without an active exception").
     """
     _STOP.set()
+    deadline = time.monotonic() + timeout
     for thread in _BACKGROUND:
-        thread.join(timeout)
+        thread.join(max(0.0, deadline - time.monotonic()))
+    with _WORK:
+        _WORK.wait_for(lambda: _ACTIVE == 0, max(0.0, deadline - time.monotonic()))
 
 
 def get_backbone(name: str) -> Backbone:
@@ -179,7 +213,7 @@ class Session:
         fit = self.fits.get(key) or prepared_fit(key, progress)
         reused = fit is not None
         if fit is None:
-            fit = new_fit(uploads, key, backbone, ratio, progress)
+            fit = new_fit(uploads, key, backbone, ratio, _stoppable(progress))
         self.fits[key] = fit
         self.fits.move_to_end(key)
         while len(self.fits) > FITS_PER_SESSION:

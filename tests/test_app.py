@@ -187,6 +187,33 @@ def test_failed_preparation_leaves_the_visitor_to_fit(monkeypatch):
         ss.Session().fit(*broken, "lite0", ss.RATIO_DEFAULT)
 
 
+def test_shutdown_waits_for_model_work_and_refuses_more(app_module, synthetic, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(ss, "_STOP", threading.Event())  # this process's own stays unset
+    monkeypatch.setattr(ss, "_BACKGROUND", [])
+    inside, finished = threading.Event(), []
+
+    def request():
+        with ss.model_work():
+            inside.set()
+            time.sleep(0.3)  # scoring under way: not interruptible, so waited for
+            finished.append(True)
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    assert inside.wait(10)
+    ss.stop_model_work(timeout=10)
+    assert finished == [True]  # returned only once the work had ended
+    with pytest.raises(ss.Stopped), ss.model_work():
+        pass
+    # A visitor's run after the shutdown began: a clear message, nothing computed.
+    refs, query, _ = synthetic
+    msg = _error(app_module.detect, refs[:2], query, "lite0", 0.25, None, Progress())
+    assert "restarting" in msg
+
+
 def test_cache_key_is_references_backbone_and_ratio(app_module, fitted):
     """A new ratio or reference set refits; at most FITS_PER_SESSION fits are kept."""
     _, _, refs, query = fitted

@@ -531,16 +531,30 @@ def test_the_offline_fallback_is_logged_at_startup(server):
     assert "EfficientNet-Lite0" in log
 
 
-def test_stopping_while_the_examples_are_being_fitted_is_clean(tmp_path):
+@pytest.mark.parametrize(
+    "when", ["warm-up done", "example fits prepared"], ids=["examples", "visitor"]
+)
+def test_stopping_while_fitting_is_clean(tmp_path, when):
     """SIGTERM while the example sets are fitted in the background (the first seconds after
-    start-up) stops that work first: torch still computing in a daemon thread while the
-    interpreter exits used to abort the process ("terminate called without ...")."""
-    proc, _ = app_server.start_server(tmp_path / "server.log", tmp_path / "gradio")
+    start-up), or while a visitor's own fit runs: the fit stops at its next step before the
+    interpreter exits. Torch still computing in another thread at exit used to abort the
+    process ("terminate called without an active exception"), leaving the visitors' files."""
+    from gradio_client import Client, handle_file
+
+    proc, url = app_server.start_server(tmp_path / "server.log", tmp_path / "gradio")
     log = tmp_path / "server.log"
     try:
-        app_server.wait_for_log(log, "warm-up done", 60)  # the example fits start right after
-        time.sleep(0.5)
-        assert "example fits prepared" not in log.read_text()  # still fitting them
+        app_server.wait_for_log(log, when, 60)
+        if when == "warm-up done":  # the example fits start right after
+            time.sleep(0.5)
+            assert "example fits prepared" not in log.read_text()  # still fitting them
+        else:
+            client = Client(url, verbose=False)
+            refs = [handle_file(p) for p in _files(SYNTHETIC / "normal", 5)]  # not prepared
+            query = handle_file(str(SYNTHETIC / "query" / "000_scratch.png"))
+            job = client.submit(refs=refs, query=query, api_name="/detect")
+            time.sleep(1.0)  # its fit is under way
+            assert not job.done()
     finally:
         app_server.stop_server(proc)
     text = log.read_text()
