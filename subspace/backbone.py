@@ -83,6 +83,60 @@ def lite0_weights_file() -> Path:
     return target
 
 
+# (conv, norm) children that a block of this class applies one right after the other, in
+# timm's EfficientNet and ResNet families; nn.Sequential's neighbours are found on their own.
+FOLD_PAIRS = {
+    "EfficientNetFeatures": [("conv_stem", "bn1")],
+    "DepthwiseSeparableConv": [("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")],
+    "InvertedResidual": [
+        ("conv_s2d", "bn_s2d"),
+        ("conv_pw", "bn1"),
+        ("conv_dw", "bn2"),
+        ("conv_pwl", "bn3"),
+    ],
+    "BasicBlock": [("conv1", "bn1"), ("conv2", "bn2")],
+    "Bottleneck": [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")],
+    "FeatureListNet": [("conv1", "bn1")],  # a ResNet's stem (its children run in order)
+}
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold each inference-mode batch norm into the convolution before it; returns how many.
+
+    y = gamma (W x + b - mean) / sqrt(var + eps) + beta is again a convolution, so the norm
+    disappears (its activation, for timm's BatchNormAct2d, stays): the same maps up to float
+    rounding, for a quarter less backbone time with lite0 on two CPU cores.
+    """
+    folded = 0
+    for block in model.modules():
+        kids = block._modules
+        pairs = list(FOLD_PAIRS.get(type(block).__name__, []))
+        if isinstance(block, nn.Sequential):
+            pairs += list(zip(list(kids), list(kids)[1:], strict=False))
+        for conv_name, bn_name in pairs:
+            conv, bn = kids.get(conv_name), kids.get(bn_name)
+            if isinstance(conv, nn.Sequential) and len(conv):  # a deep stem: its last conv
+                conv = conv[-1]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            if bn.running_var is None or bn.training:
+                continue
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias
+            if conv.bias is not None:
+                shift = shift + conv.bias * scale
+            conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(shift, requires_grad=False)
+            kids[bn_name] = nn.Sequential(bn.drop, bn.act) if hasattr(bn, "act") else nn.Identity()
+            folded += 1
+    return folded
+
+
 class Backbone(nn.Module):
     """A frozen timm feature extractor returning the preset's stage maps.
 
@@ -99,7 +153,9 @@ class Backbone(nn.Module):
         self.preset = PRESETS[name]
         # channels-last: oneDNN's fast layout for convolutions on CPU (measured ~18 % faster
         # for lite0 at 256 px on two cores); the maps come back in the same layout
-        self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        model = model.eval().requires_grad_(False)
+        self.folded = fold_batchnorm(model)
+        self.model = model.to(memory_format=torch.channels_last)
         info = model.feature_info
         self.channels: list[int] = list(info.channels())
         self.reductions: list[int] = list(info.reduction())

