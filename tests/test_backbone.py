@@ -89,9 +89,10 @@ def test_lite0_weights_are_real_imagenet_weights():
 def test_folding_batch_norms_keeps_the_function(arch):
     """Folded into the convolutions, batch norms with real-looking statistics change nothing:
     EfficientNet blocks, ResNet basic and bottleneck blocks, a deep stem and a downsample."""
-    torch.manual_seed(1)  # the random init, whatever ran before
+    with torch.random.fork_rng():  # the same random init whatever ran before, none leaks out
+        torch.manual_seed(1)
+        model = timm.create_model(arch, features_only=True, out_indices=(2, 3)).eval()
     g = torch.Generator().manual_seed(1)
-    model = timm.create_model(arch, features_only=True, out_indices=(2, 3)).eval()
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
         for bn in norms:  # a fresh init's norms are identities: give them statistics
