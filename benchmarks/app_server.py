@@ -2,7 +2,9 @@
 
 ``start_server`` runs ``python app.py`` on a free loopback port with its own gradio cache (Hub
 offline, bundled backbone) and ``stop_server`` ends it; the rest reads a process's sockets,
-memory and stray files. Used by the load test, the app timing script and the test suite.
+memory and stray files; and the Chromium settings and page conditions that the browser test
+and the app timing script both wait on. Used by the load test, the app timing script and the
+test suite.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ SERVER_ENV = {  # never wait on the network; local only
     "GRADIO_ANALYTICS_ENABLED": "False",
     "GRADIO_SERVER_NAME": "127.0.0.1",
 }
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))  # Debian's package
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# page.wait_for_function conditions: the first <img> under a selector shows a new, loaded
+# source (arg: [selector, old src]); the per-dimension chart's heading changed (arg: old one).
+NEW_IMAGE = """([sel, old]) => { const i = document.querySelector(sel);
+    return i && i.complete && i.naturalWidth > 0 && i.getAttribute('src') !== old }"""
+NEW_CHART = "old => document.querySelector('#dims .dimchart-title').innerText !== old"
 
 
 def free_port() -> int:

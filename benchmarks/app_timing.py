@@ -21,21 +21,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from app_server import start_server, stop_server, wait_for_log
+from app_server import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    NEW_CHART,
+    NEW_IMAGE,
+    start_server,
+    stop_server,
+    wait_for_log,
+)
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 TIMEOUT_MS = 120_000
-NEW_MAP = """old => { const i = document.querySelector('#out-sgfr img');
-    return i && i.complete && i.naturalWidth > 0 && i.getAttribute('src') !== old }"""
-NEW_MASK = NEW_MAP.replace("#out-sgfr", "#out-mask")
-NEW_CHART = "old => document.querySelector('#dims .dimchart-title').innerText !== old"
+MAP, MASK = "#out-sgfr img", "#out-mask img"
 
 
 def one_run(browser, workdir: Path) -> dict:
@@ -61,7 +63,7 @@ def one_run(browser, workdir: Path) -> dict:
         time.sleep(1.0)  # a visitor looks before clicking
         t = time.perf_counter()
         page.locator("#run").click()
-        page.wait_for_function(NEW_MAP, arg=None, timeout=TIMEOUT_MS)
+        page.wait_for_function(NEW_IMAGE, arg=[MAP, None], timeout=TIMEOUT_MS)
         cold = time.perf_counter() - t
         page.locator("#dims svg").wait_for(timeout=TIMEOUT_MS)
         warm = []
@@ -70,7 +72,7 @@ def one_run(browser, workdir: Path) -> dict:
             old = shown()
             t = time.perf_counter()
             page.locator("#example-queries img").nth(i).click()
-            page.wait_for_function(NEW_MAP, arg=old, timeout=TIMEOUT_MS)
+            page.wait_for_function(NEW_IMAGE, arg=[MAP, old], timeout=TIMEOUT_MS)
             warm.append(time.perf_counter() - t)
         time.sleep(1.5)  # the results bundle of the last run is written meanwhile
         clicks, heat = [], page.locator("#out-sgfr img")
@@ -92,7 +94,7 @@ def one_run(browser, workdir: Path) -> dict:
             box = slider.bounding_box()
             t = time.perf_counter()
             slider.click(position={"x": box["width"] * fx, "y": box["height"] / 2})
-            page.wait_for_function(NEW_MASK, arg=old, timeout=TIMEOUT_MS)
+            page.wait_for_function(NEW_IMAGE, arg=[MASK, old], timeout=TIMEOUT_MS)
             moves.append(time.perf_counter() - t)
         page.locator("#ratio input[type=number]").fill("0.3")
         page.locator("#ratio input[type=number]").press("Tab")
@@ -100,7 +102,7 @@ def one_run(browser, workdir: Path) -> dict:
         old = shown()
         t = time.perf_counter()
         page.locator("#run").click()
-        page.wait_for_function(NEW_MAP, arg=old, timeout=TIMEOUT_MS)
+        page.wait_for_function(NEW_IMAGE, arg=[MAP, old], timeout=TIMEOUT_MS)
         fit = time.perf_counter() - t
         assert "reused" not in page.locator("#summary").inner_text()
     finally:
@@ -128,7 +130,7 @@ def main() -> None:
 
     runs = []
     with sync_playwright() as pw, tempfile.TemporaryDirectory() as tmp:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         for i in range(args.runs):
             work = Path(tmp) / f"run{i}"
             work.mkdir()

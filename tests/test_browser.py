@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from app_server import CHROMIUM, CHROMIUM_ARGS, NEW_CHART, NEW_IMAGE
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # git-ignored
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 RESULT_TIMEOUT_MS = 120_000  # a cold fit on a loaded 2-core runner, with a wide margin
 
 pytestmark = pytest.mark.browser
@@ -53,14 +52,7 @@ def _src(page, selector: str) -> str | None:
 def _wait_src_change(page, selector: str, old: str | None, timeout_ms: int = 30_000) -> float:
     """Wait until the first <img> matching ``selector`` shows a new source; seconds waited."""
     t0 = time.perf_counter()
-    page.wait_for_function(
-        """([sel, old]) => {
-            const img = document.querySelector(sel);
-            return img && img.complete && img.naturalWidth > 0 && img.getAttribute('src') !== old;
-        }""",
-        arg=[selector, old],
-        timeout=timeout_ms,
-    )
+    page.wait_for_function(NEW_IMAGE, arg=[selector, old], timeout=timeout_ms)
     return time.perf_counter() - t0
 
 
@@ -105,10 +97,7 @@ def test_full_visit(live_app, browser):
         box = heat.bounding_box()
         t0 = time.perf_counter()
         heat.click(position={"x": box["width"] * 0.12, "y": box["height"] * 0.85})
-        page.wait_for_function(
-            "old => document.querySelector('#dims .dimchart-title').innerText !== old",
-            arg=plot_before,
-        )
+        page.wait_for_function(NEW_CHART, arg=plot_before)
         _wait_src_change(page, "#sources img", sources_before)
         timings["patch_click_s"] = round(time.perf_counter() - t0, 2)
         assert page.locator("#patch-note").inner_text() != note_before
