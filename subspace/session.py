@@ -264,22 +264,23 @@ def prepared_fit(
 
 def prepare_fits(
     sets: Sequence[tuple[Sequence[Upload], str]], backbone: str, ratio: float = RATIO_DEFAULT
-) -> Callable[[], None]:
+) -> Callable[[], int]:
     """Announce fits of reference ``sets`` ((uploads, digest) each) for every visitor; returns
-    the function that fits them one after the other. Visitors asking for an announced fit wait
-    for it (:func:`prepared_fit`) instead of fitting the same references beside it."""
+    the function that fits them one after the other and says how many are ready. Visitors
+    asking for an announced fit wait for it (:func:`prepared_fit`) instead of fitting the same
+    references beside it."""
     keys = [fit_key(digest, backbone, ratio) for _, digest in sets]
     for key in keys:
         _PREPARING.setdefault(key, threading.Event())
 
-    def run() -> None:
+    def run() -> int:
         try:
             for (uploads, _), key in zip(sets, keys, strict=True):
                 try:
                     if key not in _PREPARED:
                         _PREPARED[key] = new_fit(uploads, key, backbone, ratio, _stop_point)
                 except Stopped:
-                    return
+                    break
                 except Exception as err:  # only an optimisation: visitors then fit it themselves
                     log.warning("preparing a fit of the example set failed: %s", err)
                 finally:
@@ -287,6 +288,7 @@ def prepare_fits(
         finally:  # stopped: nobody waits for what was not prepared
             for key in keys:
                 _PREPARING[key].set()
+        return sum(key in _PREPARED for key in keys)
 
     return run
 
@@ -348,9 +350,9 @@ def warm_up(
             pass
         except Exception as err:  # only an optimisation
             log.warning("warm-up failed: %s", err)
-        prepared()
-        if prepare and not _STOP.is_set():
-            log.info("%d example fits prepared in %.1f s", len(prepare), time.perf_counter() - t0)
+        ready = prepared()
+        if prepare and not _STOP.is_set():  # failures were logged: count what visitors get
+            log.info("%d example fits prepared in %.1f s", ready, time.perf_counter() - t0)
 
     thread = threading.Thread(target=run, daemon=True, name="warm-up")
     _BACKGROUND.append(thread)

@@ -166,7 +166,7 @@ def test_prepared_fit_is_shared_by_every_visitor(app_module, monkeypatch):
     )
     visitor.start()
     time.sleep(0.2)  # the visitor arrives while the fit is being prepared
-    prepare()
+    assert prepare() == 1  # how many fits are ready for visitors
     visitor.join(timeout=60)
     assert len(fits) == 1 and got == [(ss._PREPARED[key], True)]
     assert said == ["preparing this example set"]
@@ -181,7 +181,7 @@ def test_failed_preparation_leaves_the_visitor_to_fit(monkeypatch):
     monkeypatch.setattr(ss, "_PREPARED", {})
     monkeypatch.setattr(ss, "_PREPARING", {})
     broken = ([uploads.Upload("reference 'x.png'", b"not an image")], "digest")
-    ss.prepare_fits([broken], "lite0")()  # logs a warning, never raises
+    assert ss.prepare_fits([broken], "lite0")() == 0  # logs a warning, never raises
     assert ss.prepared_fit(ss.fit_key("digest", "lite0", ss.RATIO_DEFAULT), wait_s=0) is None
     with pytest.raises(ImageError, match="x.png"):
         ss.Session().fit(*broken, "lite0", ss.RATIO_DEFAULT)
