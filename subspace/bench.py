@@ -85,6 +85,8 @@ def tables(plan: Plan, data: str) -> dict[str, list[Row]]:
             extra = ("--sampling", s, "--ratio", f"{ratio:g}")
             ablation.append(Row(f"{s}, {ratio:g}", lite(p.ablation_shots, *extra)))
     speed = [Row(f"{p.backbone} k={k}", lite(k)) for k in p.speed_shots]
+    # what the default's sampling saves: the very run of (b)'s first row
+    speed.insert(1, Row("full bank", lite(p.ablation_shots, "--ratio", "1.0")))
     speed += [
         Row(
             f"wrn50 k={k} (random weights)",
@@ -196,11 +198,17 @@ def _sampling_rows(res: dict, row: Row) -> list[list[str]]:
     return [[*row.label.split(", "), *metrics, *sizes, f"{res['ms_per_image']:.0f}"]]
 
 
+def _bank(res: dict) -> str:
+    """ "full", or the sampler and the share of the bank it kept."""
+    c = res["config"]
+    return "full" if c["ratio"] == 1.0 else f"{c['sampling']} {c['ratio']:g}"
+
+
 def _speed_rows(res: dict, row: Row) -> list[list[str]]:
     weights = "pretrained" if res["pretrained"] else "RANDOM (speed only)"
     load = "/".join(f"{x:.1f}" for x in res.get("load_avg", []) if x is not None)
     return [
-        [res["backbone"], weights, str(res["config"]["size"]), str(res["shots"])]
+        [res["backbone"], weights, str(res["config"]["size"]), str(res["shots"]), _bank(res)]
         + [str(res.get("feature_dim")), str(res["bank_size"]), f"{res['bank_bytes'] / 2**20:.1f}"]
         + [f"{res['fit_s']:.1f}", f"{res['ms_per_image']:.0f}", f"{res['peak_rss_mb']:.0f}"]
         + [load, f"{res['n_test']} x {len(res['seeds'])}"]
@@ -227,7 +235,7 @@ SECTIONS = {  # table -> (title, column heads, rows of one result, note)
     ),
     "speed": (
         "(c) Latency and memory",
-        "backbone|weights|size px|k|feature dim|bank rows|bank MB|fit s|predict ms/image"
+        "backbone|weights|size px|k|bank|feature dim|bank rows|bank MB|fit s|predict ms/image"
         "|peak RSS MB|load avg|images x seeds",
         _speed_rows,
         [

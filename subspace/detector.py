@@ -59,7 +59,7 @@ class Config:
     # subspace is discounted, one across it counts in full (0: the residual norm alone)
     angle: float = 0.5
     sampling: str = "usage"  # bank reduction: usage, usage-greedy, usage-top, random, coreset
-    ratio: float = 1.0  # share of the bank kept by sampling
+    ratio: float = 0.25  # share of the bank kept by sampling (1: the full bank)
     # the bank's self-expression that usage ranks atoms by spreads its supports over this many
     # nearest: narrower than pool, so that the usage of near atoms stays concentrated
     usage_pool: int = 256

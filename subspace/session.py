@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 FITS_PER_SESSION = 2  # fitted detectors kept per visitor (e.g. to switch backbones back)
 SESSION_TTL_S = 1800  # a visitor's state is dropped after this long without activity
 MAX_SESSIONS = 64  # visitors' states kept in memory; the least recently active goes first
+# The library's defaults (Config.ratio, Config.sampling), written out: detector imports torch
 RATIO_DEFAULT = 0.25  # share of the bank kept by usage sampling
 SAMPLING = "usage"
 

@@ -214,6 +214,13 @@ def test_shutdown_waits_for_model_work_and_refuses_more(app_module, synthetic, m
     assert "restarting" in msg
 
 
+def test_the_app_serves_the_librarys_default_bank():
+    """The slider starts at Config's sampling, so the app shows what eval and bench measure."""
+    from subspace.detector import Config
+
+    assert (Config.ratio, Config.sampling) == (ss.RATIO_DEFAULT, ss.SAMPLING)
+
+
 def test_cache_key_is_references_backbone_and_ratio(app_module, fitted):
     """A new ratio or reference set refits; at most FITS_PER_SESSION fits are kept."""
     _, _, refs, query = fitted

@@ -64,7 +64,8 @@ def test_synthetic_scratch_scores_higher_inside_its_mask(lite0, tmp_path):
 
 def test_constant_images_give_zero_scores(lite0):
     grey = Image.new("RGB", (128, 128), (120, 120, 120))
-    det = Detector(Config(backbone="lite0"), lite0).fit([grey, grey.copy()])
+    # The full bank: every query feature has an exact copy in it
+    det = Detector(Config(backbone="lite0", ratio=1.0), lite0).fit([grey, grey.copy()])
     pred = det.predict(grey.copy())
     scale = float(det.bank.norm(dim=1).mean())
     assert pred.knn.score < 1e-3 * scale  # every query feature is in the bank (float32)
@@ -225,7 +226,7 @@ def test_border_aware_support_codes_each_patch_from_its_own_edge_ring(lite0, tmp
     query = torch.randn(16, 10, 12, generator=g)
     preds = {}
     for rings in (0, 2):
-        det = Detector(Config(backbone="lite0", k=8, rings=rings), lite0)
+        det = Detector(Config(backbone="lite0", k=8, rings=rings, ratio=1.0), lite0)
         det.fit_features(refs, [(88, 72), (104, 64)], lambda f, m: None)
         preds[rings] = det.predict_features(query, (96, 80))
     assert det.ring_cap == 2
@@ -245,12 +246,12 @@ def test_border_rings_are_merged_until_each_holds_k_atoms(lite0):
     centre joins ring 1 (cap 1, 9 atoms); with K = 10 every cell codes over the whole bank."""
     ref = [torch.randn(16, 5, 5, generator=torch.Generator().manual_seed(1))]
     for k, cap in ((9, 1), (10, 0)):
-        det = Detector(Config(backbone="lite0", k=k, rings=4), lite0)
+        det = Detector(Config(backbone="lite0", k=k, rings=4, ratio=1.0), lite0)
         det.fit_features(ref, [(40, 40)], lambda f, m: None)
         assert det.ring_cap == cap
     # refitted on a 9 x 9 reference (rings of 32, 24, 16, 8 and 1 cells), the same detector
     # finds its rings again: the last two merge into 9 atoms, cap 3
-    det = Detector(Config(backbone="lite0", k=9, rings=4), lite0)
+    det = Detector(Config(backbone="lite0", k=9, rings=4, ratio=1.0), lite0)
     det.fit_features(ref, [(40, 40)], lambda f, m: None)
     assert det.ring_cap == 1
     det.fit_features([torch.randn(16, 9, 9)], [(72, 72)], lambda f, m: None)
@@ -276,7 +277,9 @@ def test_angle_score_discounts_offsets_along_the_normal_subspace(lite0):
     query[:, off] = refs[0][:, off] + 0.3 * basis[:, 2:3]  # lifted 0.3 off the plane
     preds = {}
     for angle in (0.0, 1.0):
-        det = Detector(Config(backbone="lite0", k=8, pool=0, rings=0, lam=1e-3, angle=angle), lite0)
+        det = Detector(
+            Config(backbone="lite0", k=8, pool=0, rings=0, lam=1e-3, angle=angle, ratio=1.0), lite0
+        )
         det.fit_features(refs, [(64, 64)] * 3, lambda f, m: None)
         preds[angle] = det.predict_features(query, (64, 64))
     plain, angled = preds[0.0], preds[1.0]

@@ -1,0 +1,26 @@
+"""The benchmark's plan: which eval runs fill which table, and how a row names its bank."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from subspace import bench
+from subspace.detector import Config
+
+
+def test_speed_table_shows_the_default_bank_and_the_full_one():
+    """Table (c) times the default (sampled) bank and the full bank at the ablation's k; the
+    full-bank row is the very run of table (b)'s first row, so it costs nothing extra."""
+    rows = bench.tables(bench.FULL, "DATA")
+    speed = {r.label: r.argv for r in rows["speed"]}
+    assert speed["full bank"] == rows["sampling"][0].argv
+    assert "--ratio" not in speed["lite0 k=8"]  # Config's default bank
+    runs = {r.argv for table in rows.values() for r in table}
+    assert len(runs) < sum(len(table) for table in rows.values())  # shared runs run once
+
+
+def test_a_row_names_its_bank():
+    default = asdict(Config(backbone="lite0"))
+    assert bench._bank({"config": default}) == f"{Config.sampling} {Config.ratio:g}"
+    assert bench._bank({"config": default | {"ratio": 1.0}}) == "full"
+    assert bench._bank({"config": default | {"sampling": "coreset", "ratio": 0.1}}) == "coreset 0.1"
