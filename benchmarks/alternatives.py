@@ -181,10 +181,8 @@ def main() -> None:
     ap.add_argument("--shares", type=float, nargs="*", default=[1.0, 0.25, 0.05])
     ap.add_argument("--per-ref", type=int, nargs="*", default=[5], help="support atoms cap")
     args = ap.parse_args()
-    det = Detector(
-        Config(backbone="lite0", rings=args.rings, pool=args.pool, pad=args.pad, angle=args.angle),
-        load_backbone("lite0"),
-    )
+    settings = dict(rings=args.rings, pool=args.pool, pad=args.pad, angle=args.angle)
+    det = Detector(Config(backbone="lite0", ratio=args.ratio, **settings), load_backbone("lite0"))
     per_seed = [score_seed(det, args, seed) for seed in args.seeds]
     print("| scoring | pixel AUROC | PRO | pixel AP | image AUROC |")
     print("|---|---|---|---|---|")

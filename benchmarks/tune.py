@@ -219,6 +219,13 @@ def data_args(description: str) -> argparse.ArgumentParser:
         help="pixels of mirrored border around each image for the backbone (0: zero padding)",
     )
     ap.add_argument(
+        "--ratio",
+        type=float,
+        default=1.0,
+        help="share of the bank kept (by usage sampling) for every variant that does not set its "
+        "own (default: 1, the full bank, as every table in TUNING.md; Config keeps 0.25)",
+    )
+    ap.add_argument(
         "--angle",
         type=float,
         default=Config.angle,
@@ -261,6 +268,7 @@ def main() -> None:
                     pool=args.pool,
                     pad=args.pad,
                     angle=args.angle,
+                    ratio=args.ratio,
                 )
                 run(args, bb, base, names)
 
