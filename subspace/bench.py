@@ -76,17 +76,20 @@ def tables(plan: Plan, data: str) -> dict[str, list[Row]]:
         return _eval(data, k, p.seeds, p.max_test, p.backbone, *extra)
 
     shots = [Row(f"k={k}", lite(k)) for k in p.shots]
+    full = lite(p.ablation_shots, "--ratio", "1.0")  # nothing is dropped: no sampler
     ablation = []
     for ratio in p.ratios:
-        if ratio == 1.0:  # nothing is dropped: the sampler is irrelevant
-            ablation.append(Row("full bank, 1.0", lite(p.ablation_shots, "--ratio", "1.0")))
+        if ratio == 1.0:
+            ablation.append(Row("full bank, 1.0", full))
             continue
         for s in p.samplers:
             extra = ("--sampling", s, "--ratio", f"{ratio:g}")
             ablation.append(Row(f"{s}, {ratio:g}", lite(p.ablation_shots, *extra)))
-    speed = [Row(f"{p.backbone} k={k}", lite(k)) for k in p.speed_shots]
-    # what the default's sampling saves: the very run of (b)'s first row
-    speed.insert(1, Row("full bank", lite(p.ablation_shots, "--ratio", "1.0")))
+    speed = []
+    for k in p.speed_shots:
+        speed.append(Row(f"{p.backbone} k={k}", lite(k)))
+        if k == p.ablation_shots:  # beside the default bank, the full one: (b)'s very run
+            speed.append(Row("full bank", full))
     speed += [
         Row(
             f"wrn50 k={k} (random weights)",
@@ -199,7 +202,7 @@ def _sampling_rows(res: dict, row: Row) -> list[list[str]]:
 
 
 def _bank(res: dict) -> str:
-    """ "full", or the sampler and the share of the bank it kept."""
+    """The bank a row ran on: full, or the sampler and the share of the bank it kept."""
     c = res["config"]
     return "full" if c["ratio"] == 1.0 else f"{c['sampling']} {c['ratio']:g}"
 
