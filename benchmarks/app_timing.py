@@ -9,10 +9,10 @@ Each run starts the app (bundled backbone, Hub offline, 127.0.0.1), then measure
   (the server log says so; the visitor's clicks below wait for it, as on a server already up);
 - ``cold_s``: click Run on the ball-screw example -> heat map shown (the first of this visitor:
   the example's fit, prepared at the app's start-up, is reused, or waited for if still running);
-- ``warm_s``: click another example query -> its heat map shown (fit reused), 8 times;
+- ``warm_s``: click another example query -> its heat map shown (fit reused), 9 times;
 - ``patch_click_s``: click a patch of the heat map -> its per-dimension chart shown, 6 times;
 - ``threshold_s``: click on the threshold slider -> the new mask shown, 6 times;
-- ``fit_s``: the memory-bank share set to 0.3, click Run -> heat map shown (a fit of the 6
+- ``fit_s``: the memory-bank share set to 0.3, click Run -> heat map shown (a fit of the 7
   references, not prepared, + prediction).
 Run it on an otherwise idle machine; it needs Chromium (``CHROMIUM`` or /usr/bin/chromium).
 """
@@ -58,8 +58,8 @@ def one_run(browser, workdir: Path) -> dict:
             return img.first.get_attribute("src") if img.count() else None
 
         page.locator("#example-ballscrew").click()
-        page.locator("#refs-gallery img").nth(5).wait_for(timeout=TIMEOUT_MS)
-        page.locator("#example-queries img").nth(3).wait_for(timeout=TIMEOUT_MS)
+        page.locator("#refs-gallery img").nth(6).wait_for(timeout=TIMEOUT_MS)
+        page.locator("#example-queries img").nth(2).wait_for(timeout=TIMEOUT_MS)
         time.sleep(1.0)  # a visitor looks before clicking
         t = time.perf_counter()
         page.locator("#run").click()
@@ -67,7 +67,7 @@ def one_run(browser, workdir: Path) -> dict:
         cold = time.perf_counter() - t
         page.locator("#dims svg").wait_for(timeout=TIMEOUT_MS)
         warm = []
-        for i in [0, 1, 2, 3] * 2:
+        for i in [1, 2, 0] * 3:  # the first query is on show already
             time.sleep(0.8)
             old = shown()
             t = time.perf_counter()

@@ -70,7 +70,7 @@ def test_full_visit(live_app, browser):
 
         # 1. One click fills the references and the query.
         page.locator("#example-ballscrew").click()
-        page.locator("#refs-gallery img").nth(5).wait_for(timeout=30_000)
+        page.locator("#refs-gallery img").nth(6).wait_for(timeout=30_000)  # all 7
         page.locator("#query img").first.wait_for(timeout=30_000)
         page.locator("#example-queries img").first.wait_for(timeout=30_000)
 
@@ -118,7 +118,7 @@ def test_full_visit(live_app, browser):
         # 5. Another query from the same set: the fit is reused (warm click-to-result).
         heat_before = _src(page, "#out-sgfr img")
         t0 = time.perf_counter()
-        page.locator("#example-queries img").nth(0).click()
+        page.locator("#example-queries img").nth(1).click()  # the first is on show
         _wait_src_change(page, "#out-sgfr img", heat_before, RESULT_TIMEOUT_MS)
         timings["warm_click_to_heatmap_s"] = round(time.perf_counter() - t0, 2)
         page.wait_for_function(

@@ -16,6 +16,9 @@ from subspace.synthetic import make_set
 
 ROOT = Path(__file__).resolve().parents[1]
 BALLSCREW = ROOT / "examples" / "ballscrew"
+# The example set's references: six early, clean ones and one later, dirtier one.
+EARLY = sorted((BALLSCREW / "normal").glob("01_2008*.jpg"))
+LATER = BALLSCREW / "normal" / "01_200905161959_635000_270_crop_2.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +32,13 @@ def rgb(path) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def ballscrew(lite0):
-    refs = [rgb(p) for p in sorted((BALLSCREW / "normal").glob("*.jpg"))]
-    return Detector(Config(backbone="lite0"), lite0).fit(refs)
+    """Fitted on the six early references; the later one is held out as a normal query."""
+    assert len(EARLY) == 6 and LATER.is_file()
+    return Detector(Config(backbone="lite0"), lite0).fit([rgb(p) for p in EARLY])
 
 
 def test_pitting_is_localised_and_scored_above_the_normal_query(ballscrew):
-    normal_query = rgb(BALLSCREW / "query" / "01_200905161959_635000_270_crop_2.jpg")
-    normal_score = ballscrew.predict(normal_query).sgfr.score
+    normal_score = ballscrew.predict(rgb(LATER)).sgfr.score
     masks = sorted((BALLSCREW / "ground_truth").glob("*_mask.png"))
     assert len(masks) == 3
     for mask_path in masks:
@@ -47,6 +50,22 @@ def test_pitting_is_localised_and_scored_above_the_normal_query(ballscrew):
         assert heat[mask].mean() > heat[~mask].mean(), mask_path.name
         assert pred.sgfr.score > normal_score, mask_path.name
         assert pred.backbone == "lite0"
+
+
+def test_example_set_flags_the_pits_and_little_else(lite0, ballscrew):
+    """With the later, dirtier reference among them, the calibrated threshold keeps each pit
+    and little of the dirt; the early references alone flag much of the dirt as well."""
+    spanning = Detector(Config(backbone="lite0"), lite0).fit(
+        [rgb(p) for p in sorted((BALLSCREW / "normal").glob("*.jpg"))]
+    )
+    for mask_path in sorted((BALLSCREW / "ground_truth").glob("*_mask.png")):
+        query = rgb(BALLSCREW / "query" / mask_path.name.replace("_mask.png", ".jpg"))
+        mask = np.asarray(Image.open(mask_path)) > 127
+        pred, early = spanning.predict(query).sgfr, ballscrew.predict(query).sgfr
+        above = pred.heatmap > pred.threshold
+        assert above[mask].mean() > 0.9, mask_path.name  # the pit
+        assert above[~mask].mean() < 0.15, mask_path.name  # the rest: some dirt at most
+        assert (early.heatmap > early.threshold)[~mask].mean() > 2 * above[~mask].mean()
 
 
 def test_synthetic_scratch_scores_higher_inside_its_mask(lite0, tmp_path):

@@ -1,13 +1,13 @@
 """The tuning sweep: variant names say what they run, data is read as eval reads it."""
 
 import re
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tune import VARIANTS, augmented, load
 
 from subspace.detector import Config
+from subspace.synthetic import make_set
 
 
 def test_every_variant_is_a_valid_config_whose_name_states_its_support():
@@ -18,10 +18,10 @@ def test_every_variant_is_a_valid_config_whose_name_states_its_support():
         assert "k" in changes, f"{name!r} must not depend on Config's default support"
 
 
-def test_flat_example_folders_load_with_masks_and_labels():
+def test_flat_example_folders_load_with_masks_and_labels(tmp_path):
     """``normal/`` + ``query/`` + ``ground_truth/``: masked queries are defects, the rest good."""
-    root = Path(__file__).resolve().parents[1] / "examples" / "ballscrew"
-    refs, test = load(root, shots=4, seed=0, max_test=0)
+    make_set(tmp_path, n_normal=6, n_query=4)  # 3 scratched queries with masks, 1 good
+    refs, test = load(tmp_path, shots=4, seed=0, max_test=0)
     assert len(refs) == 4 and {p.parent.name for p in refs} == {"normal"}
     assert len(set(refs)) == 4
     defects = [t for t in test if t.defect != "good"]
