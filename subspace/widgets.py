@@ -127,6 +127,8 @@ CSS = """
 .imgtitle p {margin: 0 0 -.3rem .2rem; font-size: .95rem; white-space: nowrap; overflow: hidden;
              text-overflow: ellipsis}
 #sources .caption-label, #refs-gallery .caption-label {display: none}
+#example-queries .grid-container {grid-auto-rows: 76px}  /* one row of short tiles, */
+#example-queries .thumbnail-item {aspect-ratio: auto; height: 76px}  /* captions in view */
 .dimchart {font-size: .85rem; color: var(--body-text-color)}
 .dimchart svg {display: block; width: 100%; height: auto; font-size: 13px}
 .dimchart .hover rect:hover {fill: currentColor; fill-opacity: .1}

@@ -73,6 +73,13 @@ def test_full_visit(live_app, browser):
         page.locator("#refs-gallery img").nth(6).wait_for(timeout=30_000)  # all 7
         page.locator("#query img").first.wait_for(timeout=30_000)
         page.locator("#example-queries img").first.wait_for(timeout=30_000)
+        # Each example query's caption ("defect" / "good") is in view, not cut off below.
+        gallery = page.locator("#example-queries").bounding_box()
+        captions = page.locator("#example-queries .caption-label")
+        assert captions.count() == 3
+        for cap in captions.all():
+            c = cap.bounding_box()
+            assert gallery["y"] <= c["y"] < c["y"] + c["height"] <= gallery["y"] + gallery["height"]
 
         # 2. Run: fit + predict; wait for the heat map and the per-dimension plot.
         t0 = time.perf_counter()
