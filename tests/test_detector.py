@@ -11,6 +11,7 @@ from PIL import Image
 from subspace import reconstruct
 from subspace.backbone import load_backbone
 from subspace.detector import Config, Detector
+from subspace.examples import read_set
 from subspace.features import edge_rings
 from subspace.synthetic import make_set
 
@@ -55,11 +56,11 @@ def test_pitting_is_localised_and_scored_above_the_normal_query(ballscrew):
 def test_example_set_flags_the_pits_and_little_else(lite0, ballscrew):
     """With the later, dirtier reference among them, the calibrated threshold keeps each pit
     and little of the dirt; the early references alone flag much of the dirt as well."""
-    spanning = Detector(Config(backbone="lite0"), lite0).fit(
-        [rgb(p) for p in sorted((BALLSCREW / "normal").glob("*.jpg"))]
-    )
-    for mask_path in sorted((BALLSCREW / "ground_truth").glob("*_mask.png")):
-        query = rgb(BALLSCREW / "query" / mask_path.name.replace("_mask.png", ".jpg"))
+    ex = read_set(BALLSCREW)  # the set as the app loads it
+    assert len(ex.normal) == 7 and len(ex.query) == len(ex.masks) == 3
+    spanning = Detector(Config(backbone="lite0"), lite0).fit([rgb(p) for p in ex.normal])
+    for path in ex.query:
+        query, mask_path = rgb(path), ex.masks[path.stem]
         mask = np.asarray(Image.open(mask_path)) > 127
         pred, early = spanning.predict(query).sgfr, ballscrew.predict(query).sgfr
         above = pred.heatmap > pred.threshold
