@@ -49,6 +49,7 @@ CHOICES = ss.backbone_choices(STATUS)
 DEFAULT_BACKBONE = os.environ.get("SUBSPACE_BACKBONE", "auto")
 if DEFAULT_BACKBONE not in {v for _, v in CHOICES}:
     DEFAULT_BACKBONE = "auto"
+PAIR_MIN_WIDTH = 2 * 220 + 16  # two result columns and the gap between them
 THEME = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
 HEADER = """<h1>Few-shot anomaly localisation, explained</h1>
 <p>Show it a few <b>defect-free</b> images of a part. It learns what normal looks like by
@@ -183,7 +184,12 @@ def load_example(name: str):
     return (
         [str(p) for p in ex.normal],
         str(query),
-        gr.Gallery(value=picks, visible=True, label="More queries from this set: click to run"),
+        gr.Gallery(
+            value=picks,
+            visible=True,
+            columns=len(picks),
+            label="More queries from this set: click to run",
+        ),
         [str(q) for q in ex.query],
     )
 
@@ -330,27 +336,33 @@ with gr.Blocks(
             run_btn = gr.Button("Detect anomalies", variant="primary", size="lg", elem_id="run")
 
     gr.Markdown(RESULTS_HELP, elem_classes="help")
+    # Pairs that stay together: the query beside its SGFR map, the baseline beside the mask.
+    # Four across on a wide screen, two by two on a narrow one, one column on a phone.
     with gr.Row(equal_height=False, elem_id="results"):
         image_args = dict(
             type="pil", interactive=False, show_label=False, buttons=["fullscreen"], min_width=220
         )
         html_args = dict(show_label=False, js_on_load=None, elem_classes="bar")
-        with gr.Column(min_width=220):
-            gr.Markdown("**Query** · click any patch", elem_classes="imgtitle")
-            query_out = ResultImage(label="Query", elem_id="out-query", **image_args)
-            patch_note = gr.HTML(label="Selected patch", **html_args, elem_id="patch-note")
-        with gr.Column(min_width=220):
-            gr.Markdown("**SGFR (ours)** · reconstruction error", elem_classes="imgtitle")
-            sgfr_out = ResultImage(label="SGFR heat map", elem_id="out-sgfr", **image_args)
-            sgfr_bar = gr.HTML(label="SGFR colour scale", **html_args)
-        with gr.Column(min_width=220):
-            gr.Markdown("**Baseline** · nearest neighbour", elem_classes="imgtitle")
-            knn_out = ResultImage(label="Baseline heat map", elem_id="out-knn", **image_args)
-            knn_bar = gr.HTML(label="Baseline colour scale", **html_args)
-        with gr.Column(min_width=220):
-            gr.Markdown("**Defect mask** · green: ground truth", elem_classes="imgtitle")
-            mask_out = ResultImage(label="Defect mask", elem_id="out-mask", **image_args)
-            threshold_in = gr.Slider(0, 1, value=0.5, label="Mask threshold", elem_id="threshold")
+        with gr.Column(min_width=PAIR_MIN_WIDTH), gr.Row(equal_height=False):
+            with gr.Column(min_width=220):
+                gr.Markdown("**Query** · click any patch", elem_classes="imgtitle")
+                query_out = ResultImage(label="Query", elem_id="out-query", **image_args)
+                patch_note = gr.HTML(label="Selected patch", **html_args, elem_id="patch-note")
+            with gr.Column(min_width=220):
+                gr.Markdown("**SGFR (ours)** · reconstruction error", elem_classes="imgtitle")
+                sgfr_out = ResultImage(label="SGFR heat map", elem_id="out-sgfr", **image_args)
+                sgfr_bar = gr.HTML(label="SGFR colour scale", **html_args)
+        with gr.Column(min_width=PAIR_MIN_WIDTH), gr.Row(equal_height=False):
+            with gr.Column(min_width=220):
+                gr.Markdown("**Baseline** · nearest neighbour", elem_classes="imgtitle")
+                knn_out = ResultImage(label="Baseline heat map", elem_id="out-knn", **image_args)
+                knn_bar = gr.HTML(label="Baseline colour scale", **html_args)
+            with gr.Column(min_width=220):
+                gr.Markdown("**Defect mask** · green: ground truth", elem_classes="imgtitle")
+                mask_out = ResultImage(label="Defect mask", elem_id="out-mask", **image_args)
+                threshold_in = gr.Slider(
+                    0, 1, value=0.5, label="Mask threshold", elem_id="threshold"
+                )
     summary_out = gr.HTML(label="Summary", show_label=False, js_on_load=None, elem_id="summary")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):

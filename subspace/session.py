@@ -123,14 +123,20 @@ def auto_backbone(status: dict[str, str]) -> str:
     return DEFAULT_HUB if status.get(DEFAULT_HUB) in ("cached", "hub") else FALLBACK
 
 
+SOURCES = {"bundled": "offline", "cached": "cached", "hub": "Hub"}  # availability -> tag
+
+
 def backbone_choices(status: dict[str, str]) -> list[tuple[str, str]]:
-    """(label, value) pairs for the backbone dropdown, each saying whether it can be used."""
-    auto = auto_backbone(status)
-    out = [(f"auto: {PRESETS[auto].label}", "auto")]
-    for name, preset in PRESETS.items():
+    """(label, value) pairs for the backbone dropdown, each saying where its weights come from
+    or why it cannot be used; short, as the dropdown is narrow."""
+
+    def tag(name: str) -> str:
         st = status.get(name, "unavailable")
-        mark = "" if st in ("bundled", "cached", "hub") else f" [{st}]"
-        out.append((f"{preset.label}{mark}", name))
+        return SOURCES.get(st, "Hub unreachable" if "unreachable" in st else st)
+
+    auto = auto_backbone(status)
+    out = [(f"auto: {PRESETS[auto].label} ({tag(auto)})", "auto")]
+    out += [(f"{preset.label} ({tag(name)})", name) for name, preset in PRESETS.items()]
     return out
 
 
@@ -141,7 +147,7 @@ def hub_note(status: dict[str, str]) -> str:
         return ""
     return (
         "The Hugging Face Hub is unreachable, so the Hub backbones are unavailable; "
-        f"the app uses the bundled **{PRESETS[FALLBACK].label}**."
+        f"the app uses **{PRESETS[FALLBACK].label}**, whose ImageNet weights install with it."
     )
 
 

@@ -129,6 +129,16 @@ CSS = """
 #sources .caption-label, #refs-gallery .caption-label {display: none}
 #example-queries .grid-container {grid-auto-rows: 76px}  /* one row of short tiles, */
 #example-queries .thumbnail-item {aspect-ratio: auto; height: 76px}  /* captions in view */
+/* Tiles shrink with their column instead of scrolling sideways (gradio's minimum is 100 px):
+   every example query and every rebuilding patch stays in view; references wrap. */
+#example-queries .grid-container, #sources .grid-container {
+  grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr))}
+#sources .grid-container {grid-auto-rows: auto}  /* square tiles, not 100 px tall ones */
+#refs-gallery {height: auto !important; min-height: 92px}
+#refs-gallery .empty {min-height: 0; height: 92px}  /* no references yet: a short box */
+#refs-gallery .grid-wrap {height: auto !important; max-height: 240px !important}
+#refs-gallery .grid-container {grid-template-columns: repeat(auto-fill, minmax(64px, 1fr));
+                              grid-auto-rows: auto}
 .dimchart {font-size: .85rem; color: var(--body-text-color)}
 .dimchart svg {display: block; width: 100%; height: auto; font-size: 13px}
 .dimchart .hover rect:hover {fill: currentColor; fill-opacity: .1}

@@ -380,7 +380,9 @@ def test_unreachable_hub_backbone_falls_back(app_module):
     assert ss.choose_backbone("auto", status) == ("lite0", None)
     assert "unreachable" in ss.hub_note(status)
     labels = dict((v, k) for k, v in ss.backbone_choices(status))
-    assert "unavailable" in labels["wrn50"] and "auto" in labels
+    assert labels["wrn50"] == "WideResNet-50 (Hub unreachable)"
+    assert labels["lite0"] == "EfficientNet-Lite0 (offline)"
+    assert labels["auto"] == "auto: EfficientNet-Lite0 (offline)"  # short: the dropdown is narrow
 
 
 def test_backbone_that_cannot_load_falls_back(app_module, synthetic, monkeypatch):

@@ -1,8 +1,9 @@
 """End-to-end: `python app.py` driven by Debian's Chromium through Playwright.
 
 Clicks the example set, runs, waits for the heat map and the plot, clicks a patch on the heat
-map, moves the threshold slider, runs a second query on the same references (fit reused) and
-checks the page shows a score. Timings and a screenshot are written to artifacts/.
+map, moves the threshold slider, runs a second query on the same references (fit reused),
+checks the page shows a score, and that the layout keeps everything in view in a wide and a
+narrow window. Timings and a screenshot are written to artifacts/.
 """
 
 from __future__ import annotations
@@ -54,6 +55,45 @@ def _wait_src_change(page, selector: str, old: str | None, timeout_ms: int = 30_
     t0 = time.perf_counter()
     page.wait_for_function(NEW_IMAGE, arg=[selector, old], timeout=timeout_ms)
     return time.perf_counter() - t0
+
+
+def _boxes(page, selector: str) -> list[dict]:
+    return [el.bounding_box() for el in page.locator(selector).all()]
+
+
+def _inside(inner: dict, outer: dict, slack: float = 1.0) -> bool:
+    return (
+        outer["x"] - slack <= inner["x"]
+        and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + slack
+        and outer["y"] - slack <= inner["y"]
+        and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + slack
+    )
+
+
+def _check_layout(page) -> None:
+    """Wide: the four result images in one row. Narrow (a laptop window split in two): two by
+    two, each map beside its partner; every thumbnail in view, none scrolled out sideways."""
+    imgs = ("#out-query", "#out-sgfr", "#out-knn", "#out-mask")
+    tops = [page.locator(s).bounding_box()["y"] for s in imgs]
+    assert max(tops) - min(tops) < 2, tops
+    for width in (1600, 800):
+        page.set_viewport_size({"width": width, "height": 1000})
+        b = {s: page.locator(s).bounding_box() for s in imgs}
+        if width == 800:
+            assert abs(b["#out-query"]["y"] - b["#out-sgfr"]["y"]) < 2
+            assert abs(b["#out-knn"]["y"] - b["#out-mask"]["y"]) < 2
+            assert b["#out-knn"]["y"] > b["#out-query"]["y"] + b["#out-query"]["height"]
+        for gallery, n in (
+            ("#refs-gallery", 7),
+            ("#example-queries", 3),
+            ("#sources", 8),
+        ):  # patch + 7 atoms
+            frame = page.locator(f"{gallery} .grid-wrap").bounding_box()
+            tiles = _boxes(page, f"{gallery} .thumbnail-item")
+            assert len(tiles) == n
+            assert all(_inside(t, frame) for t in tiles), (width, gallery, frame, tiles)
+        # The backbone's name fits its box (no text scrolled out of a narrow dropdown).
+        assert page.locator("#backbone input").evaluate("e => e.scrollWidth <= e.clientWidth")
 
 
 def test_full_visit(live_app, browser):
@@ -132,6 +172,7 @@ def test_full_visit(live_app, browser):
             "() => document.querySelector('#summary').innerText.includes('reused')"
         )
         assert "image score" in summary.inner_text()
+        _check_layout(page)
         assert not errors, errors
     finally:
         ARTIFACTS.mkdir(exist_ok=True)
