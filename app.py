@@ -22,7 +22,7 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from subspace.presets import availability  # noqa: E402
+from subspace.presets import PRESETS, availability  # noqa: E402
 
 _status: dict[str, str] = {}
 # The Hub probe takes up to 3 s offline: run it while gradio and the example sets load.
@@ -175,6 +175,39 @@ def preview_references(files: list[str] | None) -> list[tuple]:
     return thumbs
 
 
+def prefit(refs, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
+    """Fit the references as soon as they are in, while the visitor picks a query: the first
+    run then only predicts. Quiet on failure: the run says what is wrong, with the same checks.
+    Yields (note, session): first that the fit is under way, then what is ready."""
+    session = _session(state)
+    if not refs:
+        yield "", session
+        return
+    try:
+        ref_files, digest = uploads.read_references(refs)
+        name, _ = ss.choose_backbone(backbone, STATUS)  # a swap is announced by the run
+        yield "Fitting the references…", session
+        name, _ = ss.load_or_fallback(name)
+        with ss.model_work():
+            fit, _ = session.fit(
+                ref_files, digest, name, float(ratio), lambda f, m: progress(f, desc=m)
+            )
+    except (ImageError, ValueError, ss.Stopped):
+        yield "", session
+        return
+    except Exception:  # never a pop-up for work the visitor did not ask for
+        log.exception("fitting the references ahead of the run failed")
+        yield "", session
+        return
+    n, det = len(ref_files), fit.detector
+    yield (
+        f"**Ready:** {PRESETS[name].label} fitted on {n} reference{'s' * (n > 1)}, "
+        f"{det.config.ratio:.0%} of the bank kept, in {det.fit_seconds:.1f} s; "
+        "a run now only predicts.",
+        session,
+    )
+
+
 @friendly
 def load_example(name: str):
     """Fill the references and the query from example set ``name``."""
@@ -309,6 +342,7 @@ with gr.Blocks(
                 columns=8, height=124, object_fit="cover", allow_preview=False,
                 show_label=False, elem_id="refs-gallery",
             )  # fmt: skip
+            fit_note = gr.Markdown("", elem_id="fit-note", elem_classes="help")
         with gr.Column(scale=3, min_width=240):
             query_in = QueryImage(
                 label="2 · Query image to inspect", type="filepath",
@@ -392,7 +426,23 @@ with gr.Blocks(
     images = [query_out, sgfr_out, knn_out, mask_out]
     explain = [patch_note, chart_out, sources_out]
     numbers = [summary_out, scores_out]
-    refs_in.change(preview_references, refs_in, refs_gallery, api_name="preview_references")
+    light = dict(concurrency_id="explain", concurrency_limit=2)  # no model: may overlap
+    heavy = dict(concurrency_id="model", show_progress_on=images)  # one fit/predict at a time
+    ahead = dict(  # fit the references while the visitor picks a query
+        fn=prefit,
+        inputs=[refs_in, backbone_in, ratio_in, state],
+        outputs=[fit_note, state],
+        api_visibility="private",
+        concurrency_id="model",
+        show_progress_on=[refs_gallery],
+        show_progress="minimal",
+        trigger_mode="always_last",
+    )
+    refs_in.change(
+        preview_references, refs_in, refs_gallery, api_name="preview_references"
+    ).success(**ahead)
+    backbone_in.change(**ahead)
+    ratio_in.release(**ahead)
     for name, btn in example_buttons.items():
         btn.click(
             functools.partial(load_example, name),
@@ -402,9 +452,7 @@ with gr.Blocks(
         )
     run_inputs = [refs_in, query_in, backbone_in, ratio_in, state]
     run_outputs = [*images, sgfr_bar, knn_bar, *explain, threshold_in, *numbers, state]
-    light = dict(concurrency_id="explain", concurrency_limit=2)  # no model: may overlap
     export_args = dict(fn=export, inputs=state, outputs=bundle_out, show_progress="hidden")
-    heavy = dict(concurrency_id="model", show_progress_on=images)  # one fit/predict at a time
     run_btn.click(detect, run_inputs, run_outputs, api_name="detect", **heavy).success(
         **export_args, api_name="bundle", **light
     )

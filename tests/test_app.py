@@ -140,6 +140,35 @@ def test_fit_is_reused_for_a_new_query(app_module, fitted, monkeypatch):
     assert all(desc != "extracting features" for _, desc in progress.calls)
 
 
+def test_references_are_fitted_before_the_first_run(app_module, monkeypatch, tmp_path):
+    """Uploading references starts their fit; the run that follows only predicts."""
+    ex = app_module.EXAMPLES["synthetic"]
+    refs = [str(p) for p in ex.normal[:3]]  # a set of its own, not the prepared example fit
+    progress = Progress()
+    steps = list(app_module.prefit(refs, "auto", 0.25, None, progress=progress))
+    (under_way, session), (note, same) = steps  # said at once, then when it is done
+    assert under_way == "Fitting the references…" and same is session
+    assert note.startswith("**Ready:** EfficientNet-Lite0 fitted on 3 references, 25% of the bank")
+    assert len(session.fits) == 1
+    assert any(desc == "extracting features" for _, desc in progress.calls)
+
+    def no_fit(*a, **k):
+        raise AssertionError("refitted although the references were fitted on upload")
+
+    monkeypatch.setattr(Detector, "fit", no_fit)
+    out, _ = run(app_module, refs, str(ex.query[0]), state=session)
+    assert out[-1] is session and out[11]["fit_reused"]
+    # Nothing to fit, or an unusable file: no note and no pop-up (the run says what is
+    # wrong), and the visitor's fits are kept.
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    for bad in (None, [], [*refs, str(broken)], [refs[0]] * (uploads.MAX_REFERENCES + 1)):
+        steps = app_module.prefit(bad, "auto", 0.25, session, progress=Progress())
+        assert list(steps)[-1] == ("", session)
+    assert len(session.fits) == 1
+    session.close()
+
+
 def test_prepared_fit_is_shared_by_every_visitor(app_module, monkeypatch):
     """An example set fitted once at start-up serves every visitor; one who asks while it is
     being prepared waits for it instead of fitting the same references beside it."""
@@ -413,6 +442,9 @@ def test_event_handlers_have_api_names(app_module):
     names = {fn.api_name for fn in app_module.demo.fns.values()}
     for name in ("detect", "inspect", "threshold", "bundle", "preview_references"):
         assert name in names
+    # Each change of the references, backbone or bank share fits ahead of the run.
+    ahead = [fn for fn in app_module.demo.fns.values() if fn.fn is app_module.prefit]
+    assert len(ahead) == 3 and all(fn.concurrency_id == "model" for fn in ahead)
     assert {f"example_{n}" for n in app_module.EXAMPLES} <= names
     states = [b for b in app_module.demo.blocks.values() if isinstance(b, gr.State)]
     session_state = [s for s in states if s.delete_callback is ss.close_session]

@@ -179,3 +179,38 @@ def test_full_visit(live_app, browser):
         page.screenshot(path=str(ARTIFACTS / "app_browser.png"), full_page=True)
         (ARTIFACTS / "browser_timings.json").write_text(json.dumps(timings, indent=2))
         page.close()
+
+
+def test_uploaded_references_are_fitted_before_the_run(live_app, browser):
+    """A visitor's own upload: the references fit while the query is chosen, so the run only
+    predicts (the summary says the fit was reused)."""
+    url, _ = live_app
+    examples = Path(__file__).resolve().parents[1] / "examples" / "synthetic"
+    refs = sorted((examples / "normal").glob("*.png"))[:4]  # not the prepared example set
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(url)
+        page.locator("#run").wait_for(state="visible", timeout=60_000)
+        page.locator("#refs input[type=file]").set_input_files([str(p) for p in refs])
+        page.locator("#refs-gallery img").nth(3).wait_for(timeout=30_000)
+        note = page.locator("#fit-note")
+        page.wait_for_function(
+            "() => document.querySelector('#fit-note').innerText.includes('Ready')",
+            timeout=RESULT_TIMEOUT_MS,
+        )
+        assert "fitted on 4 references, 25% of the bank kept" in note.inner_text()
+        page.locator("#query input[type=file]").set_input_files(
+            str(examples / "query" / "000_scratch.png")
+        )
+        page.locator("#query img").first.wait_for(timeout=30_000)
+        page.locator("#run").click()
+        _wait_src_change(page, "#out-sgfr img", None, RESULT_TIMEOUT_MS)
+        page.wait_for_function(
+            "() => document.querySelector('#summary').innerText.includes('image score')"
+        )
+        assert "reused" in page.locator("#summary").inner_text()
+        assert not errors, errors
+    finally:
+        page.close()
