@@ -10,6 +10,7 @@ from PIL import Image
 
 from subspace import reconstruct
 from subspace.backbone import load_backbone
+from subspace.data import load_mask
 from subspace.detector import Config, Detector
 from subspace.examples import read_set
 from subspace.features import edge_rings
@@ -45,7 +46,8 @@ def test_pitting_is_localised_and_scored_above_the_normal_query(ballscrew):
     for mask_path in masks:
         query = rgb(BALLSCREW / "query" / mask_path.name.replace("_mask.png", ".jpg"))
         pred = ballscrew.predict(query)
-        mask = np.asarray(Image.open(mask_path)) > 127
+        assert Image.open(mask_path).size == query.size, mask_path.name  # drawn on this image
+        mask = load_mask(mask_path, query.size)  # as eval reads masks
         heat = pred.sgfr.heatmap
         assert heat.shape == mask.shape == (query.height, query.width)
         assert heat[mask].mean() > heat[~mask].mean(), mask_path.name
@@ -61,7 +63,7 @@ def test_example_set_flags_the_pits_and_little_else(lite0, ballscrew):
     spanning = Detector(Config(backbone="lite0"), lite0).fit([rgb(p) for p in ex.normal])
     for path in ex.query:
         query, mask_path = rgb(path), ex.masks[path.stem]
-        mask = np.asarray(Image.open(mask_path)) > 127
+        mask = load_mask(mask_path, query.size)
         pred, early = spanning.predict(query).sgfr, ballscrew.predict(query).sgfr
         above = pred.heatmap > pred.threshold
         assert above[mask].mean() > 0.9, mask_path.name  # the pit
