@@ -49,7 +49,8 @@ CHOICES = ss.backbone_choices(STATUS)
 DEFAULT_BACKBONE = os.environ.get("SUBSPACE_BACKBONE", "auto")
 if DEFAULT_BACKBONE not in {v for _, v in CHOICES}:
     DEFAULT_BACKBONE = "auto"
-PAIR_MIN_WIDTH = 2 * 220 + 16  # two result columns and the gap between them
+RESULT_MIN_WIDTH = 220  # px, one result image's column
+PAIR_MIN_WIDTH = 2 * RESULT_MIN_WIDTH + 16  # two result columns and the gap between them
 THEME = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
 HEADER = """<h1>Few-shot anomaly localisation, explained</h1>
 <p>Show it a few <b>defect-free</b> images of a part. It learns what normal looks like by
@@ -374,24 +375,28 @@ with gr.Blocks(
     # Four across on a wide screen, two by two on a narrow one, one column on a phone.
     with gr.Row(equal_height=False, elem_id="results"):
         image_args = dict(
-            type="pil", interactive=False, show_label=False, buttons=["fullscreen"], min_width=220
+            type="pil",
+            interactive=False,
+            show_label=False,
+            buttons=["fullscreen"],
+            min_width=RESULT_MIN_WIDTH,
         )
         html_args = dict(show_label=False, js_on_load=None, elem_classes="bar")
         with gr.Column(min_width=PAIR_MIN_WIDTH), gr.Row(equal_height=False):
-            with gr.Column(min_width=220):
+            with gr.Column(min_width=RESULT_MIN_WIDTH):
                 gr.Markdown("**Query** · click any patch", elem_classes="imgtitle")
                 query_out = ResultImage(label="Query", elem_id="out-query", **image_args)
                 patch_note = gr.HTML(label="Selected patch", **html_args, elem_id="patch-note")
-            with gr.Column(min_width=220):
+            with gr.Column(min_width=RESULT_MIN_WIDTH):
                 gr.Markdown("**SGFR (ours)** · reconstruction error", elem_classes="imgtitle")
                 sgfr_out = ResultImage(label="SGFR heat map", elem_id="out-sgfr", **image_args)
                 sgfr_bar = gr.HTML(label="SGFR colour scale", **html_args)
         with gr.Column(min_width=PAIR_MIN_WIDTH), gr.Row(equal_height=False):
-            with gr.Column(min_width=220):
+            with gr.Column(min_width=RESULT_MIN_WIDTH):
                 gr.Markdown("**Baseline** · nearest neighbour", elem_classes="imgtitle")
                 knn_out = ResultImage(label="Baseline heat map", elem_id="out-knn", **image_args)
                 knn_bar = gr.HTML(label="Baseline colour scale", **html_args)
-            with gr.Column(min_width=220):
+            with gr.Column(min_width=RESULT_MIN_WIDTH):
                 gr.Markdown("**Defect mask** · green: ground truth", elem_classes="imgtitle")
                 mask_out = ResultImage(label="Defect mask", elem_id="out-mask", **image_args)
                 threshold_in = gr.Slider(

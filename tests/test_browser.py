@@ -84,11 +84,8 @@ def _check_layout(page) -> None:
         else:
             tops = [box["y"] for box in b.values()]
             assert max(tops) - min(tops) < 2, tops
-        for gallery, n in (
-            ("#refs-gallery", 7),
-            ("#example-queries", 3),
-            ("#sources", 8),
-        ):  # patch + 7 atoms
+        galleries = {"#refs-gallery": 7, "#example-queries": 3, "#sources": 8}  # patch + 7 atoms
+        for gallery, n in galleries.items():
             frame = page.locator(f"{gallery} .grid-wrap").bounding_box()
             tiles = _boxes(page, f"{gallery} .thumbnail-item")
             assert len(tiles) == n
