@@ -124,6 +124,10 @@ CSS = """
 .section h4 {margin: .2rem 0 .1rem 0}
 .section p {font-size: .9rem; color: var(--body-text-color-subdued); margin: 0}
 #controls button {width: 100%}
+/* The empty upload boxes' prompt below their floating labels: gradio centres icon and text in
+   the box, where the label covers the icon (the query box's wholly). Text only, pushed down. */
+#refs .upload-container .wrap, #query .upload-container .wrap {padding-top: 2rem; gap: 0}
+#refs [data-testid="upload-icon"], #query [data-testid="upload-icon"] {display: none}
 .imgtitle p {margin: 0 0 -.3rem .2rem; font-size: .95rem; white-space: nowrap; overflow: hidden;
              text-overflow: ellipsis}
 #sources .caption-label, #refs-gallery .caption-label {display: none}

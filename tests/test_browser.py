@@ -94,6 +94,26 @@ def _check_layout(page) -> None:
         assert page.locator("#backbone input").evaluate("e => e.scrollWidth <= e.clientWidth")
 
 
+def _check_upload_prompts(page) -> None:
+    """The empty upload boxes' prompts ("Drop ... Here - or - Click to Upload") lie whole below
+    their floating labels and inside their boxes, in a narrow and a wide window."""
+    visible_extent = """e => {
+        const r = document.createRange(); r.selectNodeContents(e);
+        const b = r.getBoundingClientRect();
+        return {x: b.x, y: b.y, width: b.width, height: b.height};
+    }"""
+    for width in (800, 1280):
+        page.set_viewport_size({"width": width, "height": 1000})
+        for box in ("#refs", "#query"):
+            label = page.locator(f"{box} label[data-testid=block-label]").bounding_box()
+            area = page.locator(f"{box} button.upload-container").bounding_box()
+            text = page.locator(f"{box} [data-testid=upload-text]")
+            assert "Click to Upload" in text.inner_text()
+            prompt = text.evaluate(visible_extent)
+            assert prompt["y"] >= label["y"] + label["height"], (width, box, label, prompt)
+            assert _inside(prompt, area), (width, box, area, prompt)
+
+
 def test_full_visit(live_app, browser):
     url, server_s = live_app
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
@@ -191,6 +211,7 @@ def test_uploaded_references_are_fitted_before_the_run(live_app, browser):
     try:
         page.goto(url)
         page.locator("#run").wait_for(state="visible", timeout=60_000)
+        _check_upload_prompts(page)
         page.locator("#refs input[type=file]").set_input_files([str(p) for p in refs])
         page.locator("#refs-gallery img").nth(3).wait_for(timeout=30_000)
         note = page.locator("#fit-note")
