@@ -346,7 +346,7 @@ with gr.Blocks(
             fit_note = gr.Markdown("", elem_id="fit-note", elem_classes="help")
         with gr.Column(scale=3, min_width=240):
             query_in = QueryImage(
-                label="2 · Query image to inspect", type="filepath",
+                label="2 · Query to inspect", type="filepath",
                 sources=["upload", "clipboard"], height=170, elem_id="query",
             )  # fmt: skip
             example_gallery = gr.Gallery(

@@ -90,6 +90,12 @@ def _check_layout(page) -> None:
             tiles = _boxes(page, f"{gallery} .thumbnail-item")
             assert len(tiles) == n
             assert all(_inside(t, frame) for t in tiles), (width, gallery, frame, tiles)
+        # The query box's label stays clear of its buttons (full screen, clear) when it holds
+        # an image.
+        label = page.locator("#query label[data-testid=block-label]").bounding_box()
+        buttons = _boxes(page, "#query .icon-button-wrapper button")
+        right = label["x"] + label["width"]
+        assert buttons and all(right <= b["x"] for b in buttons), (width, label, buttons)
         # The backbone's name fits its box (no text scrolled out of a narrow dropdown).
         assert page.locator("#backbone input").evaluate("e => e.scrollWidth <= e.clientWidth")
 
