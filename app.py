@@ -176,11 +176,40 @@ def preview_references(files: list[str] | None) -> list[tuple]:
     return thumbs
 
 
+class Superseded(Exception):
+    """The visitor changed the references, the backbone or the share during a fit ahead."""
+
+
+def _wish(refs, backbone, ratio) -> tuple:
+    """What a fit ahead of the run is for: the inputs as the visitor set them."""
+    return tuple(refs or ()), backbone, float(ratio)
+
+
+def want_fit(refs, backbone, ratio, state) -> ss.Session:
+    """Note at once, outside the model's queue slot, which fit the visitor wants now: a fit
+    ahead for earlier inputs then stops at its next step instead of holding the slot (shared
+    by every visitor) to its end, and one still queued does not start."""
+    session = _session(state)
+    session.wanted = _wish(refs, backbone, ratio)
+    return session
+
+
 def prefit(refs, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
     """Fit the references as soon as they are in, while the visitor picks a query: the first
     run then only predicts. Quiet on failure: the run says what is wrong, with the same checks.
-    Yields (note, session): first that the fit is under way, then what is ready."""
+    Yields (note, session): first that the fit is under way, then what is ready; nothing new
+    for the note if the visitor has changed the inputs since (:func:`want_fit`)."""
     session = _session(state)
+    wish = _wish(refs, backbone, ratio)
+
+    def step(fraction: float, message: str) -> None:
+        if session.wanted not in (None, wish):
+            raise Superseded
+        progress(fraction, desc=message)
+
+    if session.wanted not in (None, wish):
+        yield gr.skip(), session
+        return
     if not refs:
         yield "", session
         return
@@ -190,9 +219,11 @@ def prefit(refs, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 
         yield "Fitting the references…", session
         name, _ = ss.load_or_fallback(name)
         with ss.model_work():
-            fit, _ = session.fit(
-                ref_files, digest, name, float(ratio), lambda f, m: progress(f, desc=m)
-            )
+            fit, _ = session.fit(ref_files, digest, name, float(ratio), step)
+    except Superseded:
+        log.info("a fit ahead of the run stopped: the visitor changed its inputs")
+        yield gr.skip(), session
+        return
     except (ImageError, ValueError, ss.Stopped):
         yield "", session
         return
@@ -443,11 +474,21 @@ with gr.Blocks(
         show_progress="minimal",
         trigger_mode="always_last",
     )
+    wish = dict(  # noted at once, so that a fit ahead for earlier inputs stops
+        fn=want_fit,
+        inputs=[refs_in, backbone_in, ratio_in, state],
+        outputs=state,
+        api_visibility="private",
+        concurrency_id="wish",
+        concurrency_limit=None,
+        show_progress="hidden",
+        trigger_mode="always_last",
+    )
     refs_in.change(
         preview_references, refs_in, refs_gallery, api_name="preview_references"
-    ).success(**ahead)
-    backbone_in.change(**ahead)
-    ratio_in.release(**ahead)
+    ).success(**wish).success(**ahead)
+    backbone_in.change(**wish).success(**ahead)
+    ratio_in.release(**wish).success(**ahead)
     for name, btn in example_buttons.items():
         btn.click(
             functools.partial(load_example, name),

@@ -197,6 +197,7 @@ class Session:
 
     fits: OrderedDict[str, Fit] = field(default_factory=OrderedDict)
     result: Result | None = None
+    wanted: tuple | None = None  # the inputs of the latest fit asked for ahead of the run
     created: float = field(default_factory=time.time)
     folder: Path = field(  # this visitor's result bundles
         default_factory=lambda: Path(tempfile.gettempdir()) / "subspace-app" / uuid.uuid4().hex

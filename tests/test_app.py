@@ -169,6 +169,35 @@ def test_references_are_fitted_before_the_first_run(app_module, monkeypatch, tmp
     session.close()
 
 
+def test_a_fit_ahead_stops_when_the_visitor_changes_its_inputs(app_module):
+    """A fit ahead for references the visitor has since changed gives up its step in the
+    model's queue slot, keeps nothing and leaves the note to the fit that replaced it; one
+    still queued for earlier inputs does not start."""
+    ex = app_module.EXAMPLES["synthetic"]
+    first, second = [str(p) for p in ex.normal[:3]], [str(p) for p in ex.normal[3:5]]
+    session = app_module.want_fit(first, "auto", 0.25, None)
+    said = []
+
+    class ChangeOfMind(Progress):  # the visitor changes the share once features are under way
+        def __call__(self, fraction, desc=None):
+            said.append(desc)
+            if desc == "extracting features":
+                app_module.want_fit(first, "auto", 0.5, session)
+
+    steps = list(app_module.prefit(first, "auto", 0.25, session, progress=ChangeOfMind()))
+    assert [note for note, _ in steps] == ["Fitting the references…", gr.skip()]
+    assert said == ["extracting features"] and not session.fits
+    # The visitor then picks other references: the fit queued for the share does not start.
+    app_module.want_fit(second, "auto", 0.5, session)
+    assert list(app_module.prefit(first, "auto", 0.5, session, progress=Progress())) == [
+        (gr.skip(), session)
+    ]
+    steps = list(app_module.prefit(second, "auto", 0.5, session, progress=Progress()))
+    assert steps[-1][0].startswith("**Ready:** EfficientNet-Lite0 fitted on 2 references, 50%")
+    assert len(session.fits) == 1
+    session.close()
+
+
 def test_prepared_fit_is_shared_by_every_visitor(app_module, monkeypatch):
     """An example set fitted once at start-up serves every visitor; one who asks while it is
     being prepared waits for it instead of fitting the same references beside it."""
@@ -445,6 +474,9 @@ def test_event_handlers_have_api_names(app_module):
     # Each change of the references, backbone or bank share fits ahead of the run.
     ahead = [fn for fn in app_module.demo.fns.values() if fn.fn is app_module.prefit]
     assert len(ahead) == 3 and all(fn.concurrency_id == "model" for fn in ahead)
+    # ... each preceded by a note of what the visitor wants, outside the model's slot.
+    wish = [fn for fn in app_module.demo.fns.values() if fn.fn is app_module.want_fit]
+    assert len(wish) == 3 and all(fn.concurrency_id != "model" for fn in wish)
     assert {f"example_{n}" for n in app_module.EXAMPLES} <= names
     states = [b for b in app_module.demo.blocks.values() if isinstance(b, gr.State)]
     session_state = [s for s in states if s.delete_callback is ss.close_session]

@@ -3,7 +3,8 @@
 Clicks the example set, runs, waits for the heat map and the plot, clicks a patch on the heat
 map, moves the threshold slider, runs a second query on the same references (fit reused),
 checks the page shows a score, and that the layout keeps everything in view in a wide and a
-narrow window. Timings and a screenshot are written to artifacts/.
+narrow window. Uploaded references are fitted before the run, and a fit for a share changed
+since stops. Timings and a screenshot are written to artifacts/.
 """
 
 from __future__ import annotations
@@ -236,6 +237,47 @@ def test_uploaded_references_are_fitted_before_the_run(live_app, browser):
             "() => document.querySelector('#summary').innerText.includes('image score')"
         )
         assert "reused" in page.locator("#summary").inner_text()
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+def test_a_changed_share_stops_the_fit_for_the_old_one(live_app, browser):
+    """References in, their fit under way, the share changed at once: the fit for the old
+    share stops (it never reports Ready) and the one for the new share follows."""
+    url, _ = live_app
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    refs = [  # twelve: a fit of a few seconds, not one of the prepared example sets
+        *sorted((examples / "ballscrew" / "normal").glob("*.jpg"))[:6],
+        *sorted((examples / "synthetic" / "normal").glob("*.png")),
+    ]
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(url)
+        page.locator("#run").wait_for(state="visible", timeout=60_000)
+        page.evaluate(  # every text the fit note shows, however briefly
+            """() => { window.fitNotes = [];
+            new MutationObserver(() => window.fitNotes.push(
+                document.querySelector('#fit-note').innerText)).observe(
+                document.querySelector('#fit-note'),
+                {subtree: true, childList: true, characterData: true}); }"""
+        )
+        page.locator("#refs input[type=file]").set_input_files([str(p) for p in refs])
+        page.wait_for_function(
+            "() => document.querySelector('#fit-note').innerText.includes('Fitting')",
+            timeout=RESULT_TIMEOUT_MS,
+        )
+        page.locator("#ratio input[type=number]").fill("0.3")
+        page.locator("#ratio input[type=number]").press("Tab")
+        page.wait_for_function(
+            "() => document.querySelector('#fit-note').innerText.includes('30% of the bank')",
+            timeout=RESULT_TIMEOUT_MS,
+        )
+        notes = page.evaluate("() => window.fitNotes")
+        assert "fitted on 12 references, 30% of the bank kept" in notes[-1]
+        assert not [n for n in notes if "25% of the bank" in n], notes
         assert not errors, errors
     finally:
         page.close()
