@@ -14,7 +14,9 @@ Each run starts the app (bundled backbone, Hub offline, 127.0.0.1), then measure
 - ``threshold_s``: click on the threshold slider -> the new mask shown, 6 times;
 - ``fit_s``: the memory-bank share set to 0.3 -> the page says the fit is ready (the app fits
   the 7 references, not prepared, as soon as the share changes);
-- ``after_fit_s``: then click Run -> heat map shown (that fit reused: prediction only).
+- ``after_fit_s``: then click Run -> heat map shown (that fit reused: prediction only);
+- ``changed_s``: the share set to 0.35 and, once the page says its fit is under way, to 0.4 ->
+  the page says the fit for 0.4 is ready (the fit for 0.35 stops at its next step).
 Run it on an otherwise idle machine; it needs Chromium (``CHROMIUM`` or /usr/bin/chromium).
 """
 
@@ -98,9 +100,13 @@ def one_run(browser, workdir: Path) -> dict:
             slider.click(position={"x": box["width"] * fx, "y": box["height"] / 2})
             page.wait_for_function(NEW_IMAGE, arg=[MASK, old], timeout=TIMEOUT_MS)
             moves.append(time.perf_counter() - t)
+
+        def set_share(value: str) -> None:
+            page.locator("#ratio input[type=number]").fill(value)
+            page.locator("#ratio input[type=number]").press("Tab")
+
         t = time.perf_counter()
-        page.locator("#ratio input[type=number]").fill("0.3")
-        page.locator("#ratio input[type=number]").press("Tab")
+        set_share("0.3")
         page.wait_for_function(READY, arg="30% of the bank", timeout=TIMEOUT_MS)
         fit = time.perf_counter() - t
         time.sleep(1.0)
@@ -110,6 +116,12 @@ def one_run(browser, workdir: Path) -> dict:
         page.wait_for_function(NEW_IMAGE, arg=[MAP, old], timeout=TIMEOUT_MS)
         after_fit = time.perf_counter() - t
         assert "reused" in page.locator("#summary").inner_text()
+        set_share("0.35")
+        page.wait_for_function(READY, arg="Fitting", timeout=TIMEOUT_MS)
+        t = time.perf_counter()
+        set_share("0.4")
+        page.wait_for_function(READY, arg="40% of the bank", timeout=TIMEOUT_MS)
+        changed = time.perf_counter() - t
     finally:
         page.close()
         stop_server(proc)
@@ -124,6 +136,7 @@ def one_run(browser, workdir: Path) -> dict:
         threshold_s=round(statistics.median(moves), 2),
         fit_s=round(fit, 2),
         after_fit_s=round(after_fit, 2),
+        changed_s=round(changed, 2),
     )
 
 
