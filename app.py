@@ -202,12 +202,15 @@ def prefit(refs, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 
     session = _session(state)
     wish = _wish(refs, backbone, ratio)
 
+    def superseded() -> bool:
+        return session.wanted not in (None, wish)  # None: nothing noted yet
+
     def step(fraction: float, message: str) -> None:
-        if session.wanted not in (None, wish):
+        if superseded():
             raise Superseded
         progress(fraction, desc=message)
 
-    if session.wanted not in (None, wish):
+    if superseded():
         yield gr.skip(), session
         return
     if not refs:
