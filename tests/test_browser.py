@@ -9,6 +9,7 @@ since stops. Timings and a screenshot are written to artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -99,6 +100,29 @@ def _check_layout(page) -> None:
         assert buttons and all(right <= b["x"] for b in buttons), (width, label, buttons)
         # The backbone's name fits its box (no text scrolled out of a narrow dropdown).
         assert page.locator("#backbone input").evaluate("e => e.scrollWidth <= e.clientWidth")
+
+
+@contextlib.contextmanager
+def _visit(browser, url: str, width: int):
+    """A fresh page on the app, ready for input; any script error on it fails the test."""
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(url)
+        page.locator("#run").wait_for(state="visible", timeout=60_000)
+        yield page
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+def _wait_fit_note(page, text: str) -> None:
+    page.wait_for_function(
+        "t => document.querySelector('#fit-note').innerText.includes(t)",
+        arg=text,
+        timeout=RESULT_TIMEOUT_MS,
+    )
 
 
 def _check_upload_prompts(page) -> None:
@@ -212,21 +236,13 @@ def test_uploaded_references_are_fitted_before_the_run(live_app, browser):
     url, _ = live_app
     examples = Path(__file__).resolve().parents[1] / "examples" / "synthetic"
     refs = sorted((examples / "normal").glob("*.png"))[:4]  # not the prepared example set
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        page.goto(url)
-        page.locator("#run").wait_for(state="visible", timeout=60_000)
+    with _visit(browser, url, 1280) as page:
         _check_upload_prompts(page)
         page.locator("#refs input[type=file]").set_input_files([str(p) for p in refs])
         page.locator("#refs-gallery img").nth(3).wait_for(timeout=30_000)
-        note = page.locator("#fit-note")
-        page.wait_for_function(
-            "() => document.querySelector('#fit-note').innerText.includes('Ready')",
-            timeout=RESULT_TIMEOUT_MS,
-        )
-        assert "fitted on 4 references, 25% of the bank kept" in note.inner_text()
+        _wait_fit_note(page, "Ready")
+        note = page.locator("#fit-note").inner_text()
+        assert "fitted on 4 references, 25% of the bank kept" in note
         page.locator("#query input[type=file]").set_input_files(
             str(examples / "query" / "000_scratch.png")
         )
@@ -237,9 +253,6 @@ def test_uploaded_references_are_fitted_before_the_run(live_app, browser):
             "() => document.querySelector('#summary').innerText.includes('image score')"
         )
         assert "reused" in page.locator("#summary").inner_text()
-        assert not errors, errors
-    finally:
-        page.close()
 
 
 def test_a_changed_share_stops_the_fit_for_the_old_one(live_app, browser):
@@ -251,12 +264,7 @@ def test_a_changed_share_stops_the_fit_for_the_old_one(live_app, browser):
         *sorted((examples / "ballscrew" / "normal").glob("*.jpg"))[:6],
         *sorted((examples / "synthetic" / "normal").glob("*.png")),
     ]
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        page.goto(url)
-        page.locator("#run").wait_for(state="visible", timeout=60_000)
+    with _visit(browser, url, 1280) as page:
         page.evaluate(  # every text the fit note shows, however briefly
             """() => { window.fitNotes = [];
             new MutationObserver(() => window.fitNotes.push(
@@ -265,19 +273,10 @@ def test_a_changed_share_stops_the_fit_for_the_old_one(live_app, browser):
                 {subtree: true, childList: true, characterData: true}); }"""
         )
         page.locator("#refs input[type=file]").set_input_files([str(p) for p in refs])
-        page.wait_for_function(
-            "() => document.querySelector('#fit-note').innerText.includes('Fitting')",
-            timeout=RESULT_TIMEOUT_MS,
-        )
+        _wait_fit_note(page, "Fitting")
         page.locator("#ratio input[type=number]").fill("0.3")
         page.locator("#ratio input[type=number]").press("Tab")
-        page.wait_for_function(
-            "() => document.querySelector('#fit-note').innerText.includes('30% of the bank')",
-            timeout=RESULT_TIMEOUT_MS,
-        )
+        _wait_fit_note(page, "30% of the bank")
         notes = page.evaluate("() => window.fitNotes")
         assert "fitted on 12 references, 30% of the bank kept" in notes[-1]
         assert not [n for n in notes if "25% of the bank" in n], notes
-        assert not errors, errors
-    finally:
-        page.close()
