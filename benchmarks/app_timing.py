@@ -41,7 +41,7 @@ from app_server import (
 
 TIMEOUT_MS = 120_000
 MAP, MASK = "#out-sgfr img", "#out-mask img"
-READY = "s => document.querySelector('#fit-note').innerText.includes(s)"  # fit done, this share
+NOTE_SAYS = "s => document.querySelector('#fit-note').innerText.includes(s)"  # the fit note
 
 
 def one_run(browser, workdir: Path) -> dict:
@@ -107,7 +107,7 @@ def one_run(browser, workdir: Path) -> dict:
 
         t = time.perf_counter()
         set_share("0.3")
-        page.wait_for_function(READY, arg="30% of the bank", timeout=TIMEOUT_MS)
+        page.wait_for_function(NOTE_SAYS, arg="30% of the bank", timeout=TIMEOUT_MS)
         fit = time.perf_counter() - t
         time.sleep(1.0)
         old = shown()
@@ -117,10 +117,10 @@ def one_run(browser, workdir: Path) -> dict:
         after_fit = time.perf_counter() - t
         assert "reused" in page.locator("#summary").inner_text()
         set_share("0.35")
-        page.wait_for_function(READY, arg="Fitting", timeout=TIMEOUT_MS)
+        page.wait_for_function(NOTE_SAYS, arg="Fitting", timeout=TIMEOUT_MS)
         t = time.perf_counter()
         set_share("0.4")
-        page.wait_for_function(READY, arg="40% of the bank", timeout=TIMEOUT_MS)
+        page.wait_for_function(NOTE_SAYS, arg="40% of the bank", timeout=TIMEOUT_MS)
         changed = time.perf_counter() - t
     finally:
         page.close()
