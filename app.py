@@ -135,6 +135,19 @@ class QueryImage(gr.Image):
         return path
 
 
+class ThresholdSlider(gr.Slider):
+    """``gr.Slider`` that clamps a typed value into its range. gradio's own preprocess refuses
+    it with an error while the number box keeps showing it, so the box, the slider and the
+    mask would each show a different threshold."""
+
+    is_template = True  # same front-end component as gr.Slider
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        return super().preprocess(min(max(float(payload), self.minimum), self.maximum))
+
+
 class ReferenceFiles(gr.File):
     """``gr.File`` that passes the uploaded paths on. gradio's own preprocess leaves an empty
     temporary file in its cache per file and per event, which nothing ever deletes; and the
@@ -218,9 +231,10 @@ def prefit(refs, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 
         return
     try:
         ref_files, digest = uploads.read_references(refs)
-        name, _ = ss.choose_backbone(backbone, STATUS)  # a swap is announced by the run
+        name, swap = ss.choose_backbone(backbone, STATUS)  # said in the note, not a pop-up
         yield "Fitting the references…", session
-        name, _ = ss.load_or_fallback(name)
+        name, failed = ss.load_or_fallback(name)
+        swap = swap or failed
         with ss.model_work():
             fit, _ = session.fit(ref_files, digest, name, float(ratio), step)
     except Superseded:
@@ -238,7 +252,7 @@ def prefit(refs, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 
     yield (
         f"**Ready:** {PRESETS[name].label} fitted on {n} reference{'s' * (n > 1)}, "
         f"{det.config.ratio:.0%} of the bank kept, in {det.fit_seconds:.1f} s; "
-        "a run now only predicts.",
+        "a run now only predicts." + (f" {swap}" if swap else ""),
         session,
     )
 
@@ -268,6 +282,23 @@ def pick_query(paths: list[str], evt: gr.SelectData) -> str:
 
 
 @friendly
+def check_run(refs, query, state) -> ss.Session:
+    """A run's input checks, as an event of their own before it: a bad input is named (every
+    bad reference at once) while the results on the page stay as they are, where a failed run
+    would mark each of them as an error. References that passed before are not decoded again;
+    the query decoded here is handed to the run."""
+    session = _session(state)
+    if not query:
+        raise ValueError("Add a query image to inspect (or load an example set).")
+    ref_files, digest = uploads.read_references(refs or [])
+    if digest not in session.checked:
+        uploads.check_references(ref_files)
+        session.checked.add(digest)
+    session.query = (query, *uploads.read_image(query, f"query {Path(query).name!r}"))
+    return session
+
+
+@friendly
 def detect(refs, query, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
     """Fit on the references (reused when unchanged) and localise anomalies in the query."""
     session = _session(state)
@@ -275,7 +306,11 @@ def detect(refs, query, backbone, ratio, state, progress=gr.Progress()):  # noqa
         raise ValueError("Add a query image to inspect (or load an example set).")
     name, warning = ss.choose_backbone(backbone, STATUS)
     ref_files, digest = uploads.read_references(refs or [])
-    data, image = uploads.read_image(query, f"query {Path(query).name!r}")
+    if session.query and session.query[0] == query:  # decoded by check_run
+        _, data, image = session.query
+    else:
+        data, image = uploads.read_image(query, f"query {Path(query).name!r}")
+    session.query = None
     progress(0.0, desc="loading the backbone")
     name, failed = ss.load_or_fallback(name)
     for message in filter(None, (warning, failed)):
@@ -313,16 +348,13 @@ def _numbers(session: ss.Session, slider: bool = False):
 
 @friendly
 def export(state):
-    """Write the results bundle (zip) of the last result at the current threshold."""
+    """Write the results bundle (zip) of the last result at the current threshold. Written
+    when asked for, so that it always holds what the page shows."""
     res = _session(state).result
-    return None if res is None else str(rs.bundle(res, rs.scores(res, res.threshold), state.folder))
-
-
-def export_at(threshold: float, state):
-    """The bundle once the slider is released, at the slider's value."""
-    if isinstance(state, ss.Session) and state.result is not None and threshold is not None:
-        state.result.threshold = float(threshold)
-    return export(state)
+    if res is None:
+        gr.Warning("Run the detector first, then download its results.")
+        return None
+    return str(rs.bundle(res, rs.scores(res, res.threshold), state.folder))
 
 
 @friendly
@@ -384,7 +416,7 @@ with gr.Blocks(
                 sources=["upload", "clipboard"], height=170, elem_id="query",
             )  # fmt: skip
             example_gallery = gr.Gallery(
-                visible=False, columns=4, height=92, object_fit="cover", allow_preview=False,
+                visible=False, columns=4, height=124, object_fit="cover", allow_preview=False,
                 elem_id="example-queries",
             )  # fmt: skip
         with gr.Column(scale=3, min_width=260, elem_id="controls"):
@@ -433,27 +465,29 @@ with gr.Blocks(
             with gr.Column(min_width=RESULT_MIN_WIDTH):
                 gr.Markdown("**Defect mask** · green: ground truth", elem_classes="imgtitle")
                 mask_out = ResultImage(label="Defect mask", elem_id="out-mask", **image_args)
-                threshold_in = gr.Slider(
-                    0, 1, value=0.5, label="Mask threshold", elem_id="threshold"
+                threshold_in = ThresholdSlider(  # no reset button: it went back to 0.5
+                    0, 1, value=0.5, label="Mask threshold", elem_id="threshold", buttons=[]
                 )
     summary_out = gr.HTML(label="Summary", show_label=False, js_on_load=None, elem_id="summary")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=3):
+    with gr.Row(equal_height=False):  # stacked below about 1100 px: the chart's text stays legible
+        with gr.Column(scale=3, min_width=720):
             gr.Markdown(WHY_MD, elem_classes="section")
             chart_out = gr.HTML(
                 label="Per-dimension error", show_label=False, js_on_load=None, elem_id="dims"
             )
-        with gr.Column(scale=2):
+        with gr.Column(scale=2, min_width=320):
             gr.Markdown(SOURCES_MD, elem_classes="section")
             sources_out = gr.Gallery(
                 label="Reference patches", columns=4, object_fit="contain",
                 allow_preview=False, show_label=False, elem_id="sources",
             )  # fmt: skip
     with gr.Row(equal_height=False):
-        bundle_out = gr.DownloadButton(
+        bundle_btn = gr.Button(
             "Download results (.zip): heat maps, overlays, raw maps, mask, scores",
             elem_id="bundle", scale=1, variant="secondary",
         )  # fmt: skip
+        # The zip is written on a click and handed to this hidden button, which downloads it.
+        bundle_out = gr.DownloadButton(elem_id="bundle-file", elem_classes="offscreen")
         with gr.Column(scale=1), gr.Accordion("Scores as JSON (what the API returns)", open=False):
             scores_out = gr.JSON(label="Scores", show_label=False, elem_id="scores")
     gr.Markdown(FOOTER, elem_classes="help")
@@ -501,15 +535,15 @@ with gr.Blocks(
         )
     run_inputs = [refs_in, query_in, backbone_in, ratio_in, state]
     run_outputs = [*images, sgfr_bar, knn_bar, *explain, threshold_in, *numbers, state]
-    export_args = dict(fn=export, inputs=state, outputs=bundle_out, show_progress="hidden")
-    run_btn.click(detect, run_inputs, run_outputs, api_name="detect", **heavy).success(
-        **export_args, api_name="bundle", **light
-    )
+    run_btn.click(
+        check_run, [refs_in, query_in, state], state, api_visibility="private", **light
+    ).success(detect, run_inputs, run_outputs, api_name="detect", **heavy)
     example_gallery.select(
         pick_query, example_paths, query_in, api_name="pick_query", api_visibility="undocumented"
-    ).success(detect, run_inputs, run_outputs, api_visibility="private", **heavy).success(
-        **export_args, api_visibility="private", **light
-    )
+    ).success(detect, run_inputs, run_outputs, api_visibility="private", **heavy)
+    bundle_btn.click(
+        export, state, bundle_out, api_name="bundle", show_progress="hidden", **light
+    ).success(None, js="() => document.querySelector('#bundle-file')?.click()")
     click_outputs = [*images, *explain, scores_out, state]
     for img in images:
         img.select(
@@ -530,9 +564,6 @@ with gr.Blocks(
         trigger_mode="always_last",
         show_progress="hidden",
         **light,
-    )
-    threshold_in.release(
-        export_at, [threshold_in, state], bundle_out, api_visibility="private", **light
     )
 
 demo.queue(default_concurrency_limit=1, max_size=24)

@@ -78,7 +78,7 @@ def one_run(browser, workdir: Path) -> dict:
             page.locator("#example-queries img").nth(i).click()
             page.wait_for_function(NEW_IMAGE, arg=[MAP, old], timeout=TIMEOUT_MS)
             warm.append(time.perf_counter() - t)
-        time.sleep(1.5)  # the results bundle of the last run is written meanwhile
+        time.sleep(1.5)  # the last run's chart and patches arrive meanwhile
         clicks, heat = [], page.locator("#out-sgfr img")
         for fx, fy in [(0.1, 0.2), (0.5, 0.5), (0.9, 0.8), (0.3, 0.7), (0.7, 0.3), (0.2, 0.9)]:
             time.sleep(0.5)

@@ -198,6 +198,8 @@ class Session:
     fits: OrderedDict[str, Fit] = field(default_factory=OrderedDict)
     result: Result | None = None
     wanted: tuple | None = None  # the inputs of the latest fit asked for ahead of the run
+    checked: set[str] = field(default_factory=set)  # digests of reference sets that decode
+    query: tuple | None = None  # (path, bytes, image) of the query checked for the next run
     created: float = field(default_factory=time.time)
     folder: Path = field(  # this visitor's result bundles
         default_factory=lambda: Path(tempfile.gettempdir()) / "subspace-app" / uuid.uuid4().hex
@@ -232,6 +234,7 @@ class Session:
         """Drop references to detectors and images so their memory can be returned."""
         self.fits.clear()
         self.result = None
+        self.query = None
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -99,6 +99,18 @@ def read_references(paths: Sequence[str | os.PathLike]) -> tuple[list[Upload], s
     return uploads, digest.hexdigest()
 
 
+def check_references(files: Sequence[Upload]) -> None:
+    """Decode every reference once. Raises ImageError naming each unusable one, all at once."""
+    problems = []
+    for u in files:
+        try:
+            load_image(u.data, name=u.label)
+        except ImageError as err:
+            problems.append(str(err))
+    if problems:
+        raise ImageError(" ".join(problems))
+
+
 def reference_previews(paths: Sequence[str | os.PathLike]) -> tuple[list[tuple], list[str]]:
     """Thumbnails (image, caption) of uploaded references, and a problem text per bad file."""
     problems = []

@@ -98,9 +98,10 @@ def summary_html(s: dict) -> str:
 
 CSS = """
 #header h1 {font-size: 1.85rem; margin: 0 0 .25rem 0; line-height: 1.2}
-#header p {margin: 0; font-size: 1.02rem; max-width: 76rem; color: var(--body-text-color-subdued)}
+#header p {margin: 0; font-size: 1.02rem; max-width: 76rem; color: var(--body-text-color);
+          opacity: .78}
 #header .steps {margin-top: .45rem; font-size: .95rem}
-.help p {font-size: .93rem; color: var(--body-text-color-subdued); margin: .2rem 0}
+.help p {font-size: .93rem; color: var(--body-text-color); opacity: .78; margin: .2rem 0}
 .hub-note p {font-size: .85rem; color: #b35c00; margin: 0}
 .cbar {font-size: .8rem; padding: 0 .2rem .2rem .2rem}
 .cbar-title {font-weight: 600; color: var(--body-text-color)}
@@ -111,18 +112,20 @@ CSS = """
 .cbar-score {position: absolute; top: -19px; transform: translateX(-50%); white-space: nowrap;
              font-weight: 700; color: var(--body-text-color); font-size: .8rem}
 .cbar-score span {margin-left: .15rem}
-.cbar-ticks {display: flex; justify-content: space-between; color: var(--body-text-color-subdued)}
+.cbar-ticks {display: flex; flex-wrap: wrap; justify-content: space-between; gap: 0 .5rem;
+             color: var(--body-text-color); opacity: .78}
+.cbar-ticks span {white-space: nowrap}  /* a narrow bar wraps its labels, never runs them on */
 .cards {display: grid; grid-template-columns: repeat(auto-fit, minmax(185px, 1fr)); gap: .6rem}
 .card {border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg);
        padding: .55rem .8rem; background: var(--block-background-fill)}
 .card-title {font-size: .75rem; text-transform: uppercase; letter-spacing: .05em;
-             color: var(--body-text-color-subdued)}
+             color: var(--body-text-color); opacity: .78}
 .card-value {font-size: 1.55rem; font-weight: 700; line-height: 1.3; color: var(--body-text-color)}
 .card.bad .card-value {color: #d9480f}
 .card.good .card-value {color: #2f9e44}
-.card-detail {font-size: .85rem; color: var(--body-text-color-subdued)}
+.card-detail {font-size: .85rem; color: var(--body-text-color); opacity: .78}
 .section h4 {margin: .2rem 0 .1rem 0}
-.section p {font-size: .9rem; color: var(--body-text-color-subdued); margin: 0}
+.section p {font-size: .9rem; color: var(--body-text-color); opacity: .78; margin: 0}
 #controls button {width: 100%}
 /* The empty upload boxes' prompt below their floating labels: gradio centres icon and text in
    the box, where the label covers the icon (the query box's wholly). Text only, pushed down. */
@@ -144,10 +147,14 @@ CSS = """
 #refs-gallery .grid-container {grid-template-columns: repeat(auto-fill, minmax(64px, 1fr));
                               grid-auto-rows: auto}
 .dimchart {font-size: .85rem; color: var(--body-text-color)}
-.dimchart svg {display: block; width: 100%; height: auto; font-size: 13px}
+.dimchart svg {display: block; width: 100%; min-width: 560px; height: auto; font-size: 13px}
+#dims {overflow-x: auto}  /* a phone scrolls the chart rather than shrink its text away */
+.offscreen {display: none !important}
+/* The example queries' label above its tiles, not over them. */
+#example-queries [data-testid="block-label"] {position: static; margin-bottom: .3rem}
 .dimchart .hover rect:hover {fill: currentColor; fill-opacity: .1}
 .dimchart-legend {display: flex; flex-wrap: wrap; justify-content: center; gap: .2rem 1.1rem;
-                  font-size: .8rem; color: var(--body-text-color-subdued)}
+                  font-size: .8rem; color: var(--body-text-color); opacity: .78}
 .dimchart-legend i {display: inline-block; width: .8rem; height: .8rem; border-radius: 2px;
                     margin-right: .35rem; vertical-align: -.1rem}
 .dimchart-legend i.band {background: currentColor; opacity: .3}

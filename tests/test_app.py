@@ -169,6 +169,18 @@ def test_references_are_fitted_before_the_first_run(app_module, monkeypatch, tmp
     session.close()
 
 
+def test_a_fit_ahead_says_when_it_uses_another_backbone(app_module, monkeypatch):
+    """A Hub backbone picked while the Hub is unreachable: the note says which backbone the
+    fit uses instead, next to the dropdown that still shows the one picked."""
+    monkeypatch.setitem(app_module.STATUS, "resnet18", "unavailable (Hub unreachable)")
+    refs = [str(p) for p in app_module.EXAMPLES["synthetic"].normal[:2]]
+    steps = list(app_module.prefit(refs, "resnet18", 0.25, None, progress=Progress()))
+    note, session = steps[-1]
+    assert note.startswith("**Ready:** EfficientNet-Lite0 fitted on 2 references")
+    assert "ResNet-18 needs the Hugging Face Hub, which is unreachable" in note
+    session.close()
+
+
 def test_a_fit_ahead_stops_when_the_visitor_changes_its_inputs(app_module):
     """A fit ahead for references the visitor has since changed gives up its step in the
     model's queue slot, keeps nothing and leaves the note to the fit that replaced it; one
@@ -413,6 +425,43 @@ def test_bad_inputs_give_clear_messages(app_module, synthetic, tmp_path):
     assert len(thumbs) == 2
 
 
+def test_run_checks_its_inputs_first_and_names_every_bad_reference(app_module, synthetic, tmp_path):
+    """The page's run first checks its inputs in an event that only outputs the session, so a
+    bad input is named without marking the results on show as errors. It names every
+    unusable reference at once, and hands the decoded query to the run."""
+    refs, query, _ = synthetic
+    pdf, text = tmp_path / "scan.png", tmp_path / "notes.jpg"
+    pdf.write_bytes(b"%PDF-1.4 not an image")
+    text.write_text("not an image either")
+    session = ss.Session()
+    message = _error(app_module.check_run, [*refs[:2], str(pdf), str(text)], query, session)
+    assert "scan.png" in message and "notes.jpg" in message
+    assert "query" in _error(app_module.check_run, refs, None, session).lower()
+    assert "scan.png" in _error(app_module.check_run, refs, str(pdf), session)
+    assert session.query is None  # no bad query handed on
+    assert len(session.checked) == 1  # the good references, checked once (the bad set not)
+    assert app_module.check_run(refs, query, session) is session
+    assert len(session.checked) == 1 and session.query[0] == query
+    assert session.query[2].size == Image.open(query).size
+    out, _ = run(app_module, refs, query, state=session)
+    assert out[11]["query"] == Path(query).name and session.query is None  # handed over
+    # The page's run: the check, then the detector; the check's only output is the session.
+    check = next(fn for fn in app_module.demo.fns.values() if fn.fn is app_module.check_run)
+    assert [type(b) for b in check.outputs] == [gr.State]
+    session.close()
+
+
+def test_threshold_typed_out_of_range_is_clamped(app_module):
+    """A typed threshold beyond the slider's range is clamped to it, not refused: the box, the
+    slider and the mask then agree (gradio's own slider raises an error and keeps the box)."""
+    slider = next(b for b in app_module.demo.blocks.values() if b.elem_id == "threshold")
+    assert slider.get_block_name() == "slider"  # the stock front-end component
+    lo, hi = slider.minimum, slider.maximum
+    assert slider.preprocess(lo - 5) == lo and slider.preprocess(hi + 1000) == hi
+    assert slider.preprocess((lo + hi) / 2) == pytest.approx((lo + hi) / 2)
+    assert slider.preprocess(None) is None
+
+
 def test_undecodable_query_upload_gets_a_clear_message(app_module, tmp_path):
     """gradio decodes an Image upload before the handler: that error must be readable too."""
     from gradio.data_classes import ImageData
@@ -428,7 +477,8 @@ def test_undecodable_query_upload_gets_a_clear_message(app_module, tmp_path):
 def test_handlers_before_any_run_do_nothing(app_module):
     assert app_module.set_threshold(0.5, None) == gr.skip()
     assert app_module.select_patch(None, select(1, 1)) == gr.skip()
-    assert app_module.export(None) is None
+    with pytest.warns(UserWarning, match="Run the detector first"):
+        assert app_module.export(None) is None
 
 
 def test_unreachable_hub_backbone_falls_back(app_module):

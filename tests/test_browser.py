@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,49 @@ def test_a_changed_share_stops_the_fit_for_the_old_one(live_app, browser):
         notes = page.evaluate("() => window.fitNotes")
         assert "fitted on 12 references, 30% of the bank kept" in notes[-1]
         assert not [n for n in notes if "25% of the bank" in n], notes
+
+
+def test_bad_input_keeps_the_results_and_the_bundle_follows_the_threshold(
+    live_app, browser, tmp_path
+):
+    """After a run: a threshold typed into the slider's box (and one beyond its range) is what
+    the mask and the downloaded bundle use; a corrupt query then gets a message naming it,
+    while the results on show stay as they were, not marked as errors."""
+    url, _ = live_app
+    with _visit(browser, url, 1280) as page:
+        page.locator("#example-ballscrew").click()
+        page.locator("#query img").first.wait_for(timeout=30_000)
+        page.locator("#run").click()
+        _wait_src_change(page, "#out-sgfr img", None, RESULT_TIMEOUT_MS)
+        box = page.locator("#threshold input[type=number]")
+        lo = float(page.locator("#threshold input[type=range]").get_attribute("min"))
+        hi = float(page.locator("#threshold input[type=range]").get_attribute("max"))
+        typed = round(lo + 0.7 * (hi - lo), 1)
+        mask = _src(page, "#out-mask img")
+        box.fill(str(typed))
+        box.press("Enter")
+        _wait_src_change(page, "#out-mask img", mask)
+        page.wait_for_function(
+            "t => document.querySelector('#summary').innerText.includes('threshold ' + t)",
+            arg=f"{typed:g}",
+        )
+        with page.expect_download(timeout=30_000) as download:
+            page.locator("#bundle").click()
+        with zipfile.ZipFile(download.value.path()) as z:
+            assert json.loads(z.read("scores.json"))["threshold"] == pytest.approx(typed)
+        box.fill(str(round(lo - 5, 1)))  # below the range: clamped, no error
+        box.press("Tab")
+        page.wait_for_function(
+            "t => document.querySelector('#summary').innerText.includes('threshold ' + t)",
+            arg=f"{lo:g}",
+        )
+        assert float(box.input_value()) == pytest.approx(lo)
+
+        heat = _src(page, "#out-sgfr img")
+        corrupt = tmp_path / "corrupt.png"
+        corrupt.write_bytes(b"\x89PNG" + bytes(range(256)) * 4)
+        page.locator("#query input[type=file]").set_input_files(str(corrupt))
+        page.locator("#run").click()
+        page.locator(".toast-body", has_text="corrupt.png").wait_for(timeout=30_000)
+        assert page.locator("#results .error").count() == 0
+        assert _src(page, "#out-sgfr img") == heat and page.locator("#out-sgfr img").is_visible()
