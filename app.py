@@ -75,7 +75,7 @@ FOOTER = (
     "combination of normal patch features spread over its neighbourhood that lie as far "
     "from their image's edge (self-expressive subspaces); what cannot be rebuilt is "
     "anomalous, and counts the more, the less of its difference from the closest normal "
-    "patch the subspace explains. The baseline "
+    "patch the subspace explains and the fewer normal patches its rebuilding uses. The baseline "
     "(PatchCore-style) only measures the distance to the single closest normal patch. The fit "
     "runs once per set of references and backbone and is reused for every further query. "
     "Ball screw images: BSData, Schlagenhauf et al. 2021, CC BY-SA 4.0."

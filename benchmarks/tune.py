@@ -103,6 +103,11 @@ VARIANTS: dict[str, dict] = {
         k=32, angle=0.5, sampling="random", ratio=0.1
     ),
     "angle score 1 random sampling 10% (K=32)": dict(k=32, angle=1.0, sampling="random", ratio=0.1),
+    "active atoms 0, the number of atoms ignored (K=32)": dict(k=32, active=0.0),
+    "active atoms 0.125 (K=32)": dict(k=32, active=0.125),
+    "active atoms 0.25 (K=32)": dict(k=32, active=0.25),
+    "active atoms 0.375 (K=32)": dict(k=32, active=0.375),
+    "active atoms 0.5 (K=32)": dict(k=32, active=0.5),
     "usage sampling 25%, self-expression over the 512 nearest (K=32)": dict(
         k=32, sampling="usage", ratio=0.25, usage_pool=512
     ),

@@ -58,6 +58,9 @@ class Config:
     # score "residual" times (||r|| / nearest-atom distance)^angle: an offset along the normal
     # subspace is discounted, one across it counts in full (0: the residual norm alone)
     angle: float = 0.5
+    # score "residual" also times (K / atoms its code uses)^active: a patch that the sparse
+    # code rebuilds from few of its K atoms counts more (0: the count is ignored)
+    active: float = 0.25
     sampling: str = "usage"  # bank reduction: usage, usage-greedy, usage-top, random, coreset
     ratio: float = 0.25  # share of the bank kept by sampling (1: the full bank)
     # the bank's self-expression that usage ranks atoms by spreads its supports over this many
@@ -81,8 +84,8 @@ class Config:
             )
         if not 0 < self.ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
-        if self.angle < 0:
-            raise ValueError(f"angle must be >= 0, got {self.angle}")
+        if self.angle < 0 or self.active < 0:
+            raise ValueError(f"angle and active must be >= 0, got {self.angle}, {self.active}")
 
 
 def fit_cap(rings: int, k: int, rings_of: Callable[[int], torch.Tensor]) -> int:
@@ -242,6 +245,9 @@ class Detector:
             # leaves unexplained, like the sine of the offset's angle to it (at most 1)
             unexplained = norm / coded.nn_dist.clamp_min(1e-12)
             sgfr = sgfr * unexplained.clamp_max(1.0).pow(self.config.angle)
+        if self.config.active and self.config.score == "residual":
+            used = (coded.coef != 0).sum(1).clamp_min(1)  # (M,) atoms in the code
+            sgfr = sgfr * (coded.coef.shape[1] / used).pow(self.config.active)
         return {"sgfr": sgfr, "knn": coded.nn_dist}
 
     def _map(self, patch: torch.Tensor) -> torch.Tensor:
@@ -460,6 +466,7 @@ class Detector:
         meta["config"].setdefault("pool", 0)  # saved before supports were spread: K nearest
         meta["config"].setdefault("pad", 0)  # saved before the mirrored border: zero padding
         meta["config"].setdefault("angle", 0.0)  # saved before the angle score: residual alone
+        meta["config"].setdefault("active", 0.0)  # saved before the active-atom count
         if "pool_of" not in meta:  # saved when the pool was counted in the bank kept
             kept = tensors["bank"].shape[0]
             meta["config"]["pool"] = round(meta["config"]["pool"] * meta["n_full"] / kept)

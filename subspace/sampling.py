@@ -140,7 +140,7 @@ def make_sampler(name: str, ratio: float, seed: int = 0):
         return UsageSampler(ratio)
     if name == "usage-greedy":  # greedy rounds by usage alone
         return UsageSampler(ratio, coverage=0.0)
-    if name == "usage-top":  # METHOD.md's literal rule: the top ``ratio`` share by usage
+    if name == "usage-top":  # the literal rule: the top ``ratio`` share by usage
         return UsageSampler(ratio, rounds=1, coverage=0.0)
     if name == "random":
         return RandomSampler(ratio, seed)

@@ -123,12 +123,14 @@ def test_save_load_round_trip_and_redrawn_maps_are_identical(ballscrew, lite0, t
     np.testing.assert_array_equal(before.coef, after.coef)
     # a detector saved before supports were spread keeps coding over the K nearest, and one
     # saved before the mirrored border keeps extracting features with zero padding, and one
-    # saved before the angle score keeps scoring by the residual norm alone
+    # saved before the angle score keeps scoring by the residual norm alone (and without the
+    # count of active atoms)
     meta = json.loads((tmp_path / "det" / "config.json").read_text())
     del meta["config"]["pool"], meta["pool_of"], meta["config"]["pad"], meta["config"]["angle"]
+    del meta["config"]["active"]
     (tmp_path / "det" / "config.json").write_text(json.dumps(meta))
     old = Detector.load(tmp_path / "det", backbone=lite0)
-    assert (old.config.pool, old.config.pad, old.config.angle) == (0, 0, 0.0)
+    assert (old.config.pool, old.config.pad, old.config.angle, old.config.active) == (0, 0, 0, 0)
 
 
 def test_a_sampled_bank_spreads_supports_over_the_same_neighbourhood(lite0, tmp_path, monkeypatch):
@@ -300,7 +302,10 @@ def test_angle_score_discounts_offsets_along_the_normal_subspace(lite0):
     preds = {}
     for angle in (0.0, 1.0):
         det = Detector(
-            Config(backbone="lite0", k=8, pool=0, rings=0, lam=1e-3, angle=angle, ratio=1.0), lite0
+            Config(
+                backbone="lite0", k=8, pool=0, rings=0, lam=1e-3, angle=angle, active=0, ratio=1
+            ),
+            lite0,
         )
         det.fit_features(refs, [(64, 64)] * 3, lambda f, m: None)
         preds[angle] = det.predict_features(query, (64, 64))
@@ -316,3 +321,31 @@ def test_angle_score_discounts_offsets_along_the_normal_subspace(lite0):
     assert a[~on].min() / a[on].max() > 3 * s[~on].min() / s[on].max()
     with pytest.raises(ValueError, match="angle"):
         Config(angle=-1.0)
+
+
+def test_active_atoms_weigh_the_score_by_how_few_atoms_rebuild_a_patch(lite0, tmp_path):
+    """Config.active multiplies the SGFR patch score by (K / atoms the code uses)^active: the
+    codes, the residuals and the baseline stay as they are, and a patch that the sparse code
+    rebuilds from fewer atoms gains more. Saved and loaded, a detector keeps the setting."""
+    g = torch.Generator().manual_seed(1)
+    refs = [torch.randn(16, 8, 8, generator=g) for _ in range(3)]
+    query = torch.randn(16, 8, 8, generator=g)
+    preds = {}
+    for active in (0.0, 0.5):
+        cfg = Config(backbone="lite0", k=8, pool=0, rings=0, active=active, ratio=1.0)
+        det = Detector(cfg, lite0)
+        det.fit_features(refs, [(64, 64)] * 3, lambda f, m: None)
+        preds[active] = det.predict_features(query, (64, 64))
+    plain, counted = preds[0.0], preds[0.5]
+    np.testing.assert_array_equal(plain.coef, counted.coef)
+    np.testing.assert_array_equal(plain.residuals, counted.residuals)
+    np.testing.assert_array_equal(plain.knn.patch_scores, counted.knn.patch_scores)
+    used = (plain.coef != 0).sum(1).reshape(plain.grid)
+    assert used.min() < used.max() <= 8  # the codes are sparse, and not all alike
+    np.testing.assert_allclose(
+        counted.sgfr.patch_scores, plain.sgfr.patch_scores * (8 / used) ** 0.5, rtol=1e-5
+    )
+    det.save(tmp_path / "det")
+    assert Detector.load(tmp_path / "det", backbone=lite0).config.active == 0.5
+    with pytest.raises(ValueError, match="active"):
+        Config(active=-0.5)

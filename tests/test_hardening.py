@@ -339,14 +339,6 @@ def test_threshold_must_be_a_finite_number(app_module, fitted, value):
     assert state.result.threshold == before
 
 
-def test_threshold_slider_refuses_values_outside_its_range(app_module):
-    slider = _component(app_module, "threshold")
-    with pytest.raises(gr.Error, match="greater than maximum"):
-        slider.preprocess(slider.maximum + 1)
-    with pytest.raises(gr.Error, match="less than minimum"):
-        slider.preprocess(slider.minimum - 1)
-
-
 @pytest.mark.parametrize(("x", "y"), [(None, 3.0), (3.0, None), (math.nan, 1.0)])
 def test_patch_coordinates_must_be_numbers(app_module, fitted, x, y):
     _, state = fitted
