@@ -145,7 +145,13 @@ class ThresholdSlider(gr.Slider):
     def preprocess(self, payload):
         if payload is None:
             return None
-        return super().preprocess(min(max(float(payload), self.minimum), self.maximum))
+        try:
+            value = float(payload)
+        except (TypeError, ValueError):
+            raise gr.Error(
+                f"The threshold must be a number, got {payload!r}.", print_exception=False
+            ) from None
+        return super().preprocess(min(max(value, self.minimum), self.maximum))
 
 
 class ReferenceFiles(gr.File):

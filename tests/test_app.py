@@ -460,6 +460,8 @@ def test_threshold_typed_out_of_range_is_clamped(app_module):
     assert slider.preprocess(lo - 5) == lo and slider.preprocess(hi + 1000) == hi
     assert slider.preprocess((lo + hi) / 2) == pytest.approx((lo + hi) / 2)
     assert slider.preprocess(None) is None
+    with pytest.raises(gr.Error, match="threshold must be a number"):
+        slider.preprocess("high")
 
 
 def test_undecodable_query_upload_gets_a_clear_message(app_module, tmp_path):
