@@ -294,29 +294,32 @@ def check_run(refs, query, state) -> ss.Session:
     would mark each of them as an error. References that passed before are not decoded again;
     the query decoded here is handed to the run."""
     session = _session(state)
-    if not query:
-        raise ValueError("Add a query image to inspect (or load an example set).")
+    data, image = _query_image(session, query)
     ref_files, digest = uploads.read_references(refs or [])
     if digest not in session.checked:
         uploads.check_references(ref_files)
         session.checked.add(digest)
-    session.query = (query, *uploads.read_image(query, f"query {Path(query).name!r}"))
+    session.query = (query, data, image)
     return session
+
+
+def _query_image(session: ss.Session, query: str | None) -> tuple[bytes, Image.Image]:
+    """The query's (bytes, RGB image): the ones :func:`check_run` decoded, or decoded now."""
+    if not query:
+        raise ValueError("Add a query image to inspect (or load an example set).")
+    if session.query and session.query[0] == query:
+        return session.query[1:]
+    return uploads.read_image(query, f"query {Path(query).name!r}")
 
 
 @friendly
 def detect(refs, query, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
     """Fit on the references (reused when unchanged) and localise anomalies in the query."""
     session = _session(state)
-    if not query:
-        raise ValueError("Add a query image to inspect (or load an example set).")
+    data, image = _query_image(session, query)
+    session.query = None
     name, warning = ss.choose_backbone(backbone, STATUS)
     ref_files, digest = uploads.read_references(refs or [])
-    if session.query and session.query[0] == query:  # decoded by check_run
-        _, data, image = session.query
-    else:
-        data, image = uploads.read_image(query, f"query {Path(query).name!r}")
-    session.query = None
     progress(0.0, desc="loading the backbone")
     name, failed = ss.load_or_fallback(name)
     for message in filter(None, (warning, failed)):

@@ -438,8 +438,7 @@ def test_run_checks_its_inputs_first_and_names_every_bad_reference(app_module, s
     assert "scan.png" in message and "notes.jpg" in message
     assert "query" in _error(app_module.check_run, refs, None, session).lower()
     assert "scan.png" in _error(app_module.check_run, refs, str(pdf), session)
-    assert session.query is None  # no bad query handed on
-    assert len(session.checked) == 1  # the good references, checked once (the bad set not)
+    assert session.query is None and not session.checked  # nothing kept from bad input
     assert app_module.check_run(refs, query, session) is session
     assert len(session.checked) == 1 and session.query[0] == query
     assert session.query[2].size == Image.open(query).size
