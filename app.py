@@ -287,6 +287,11 @@ def pick_query(paths: list[str], evt: gr.SelectData) -> str:
     return paths[evt.index]
 
 
+def query_uploaded(query) -> None:
+    """Nothing to do here: :class:`QueryImage` checks each upload's header as it comes in,
+    so an unusable file is named at once, not at the next run."""
+
+
 @friendly
 def check_run(refs, query, state) -> ss.Session:
     """A run's input checks, as an event of their own before it: a bad input is named (every
@@ -544,6 +549,9 @@ with gr.Blocks(
         )
     run_inputs = [refs_in, query_in, backbone_in, ratio_in, state]
     run_outputs = [*images, sgfr_bar, knn_bar, *explain, threshold_in, *numbers, state]
+    query_in.upload(
+        query_uploaded, query_in, None, api_visibility="private", show_progress="hidden", **light
+    )
     run_btn.click(
         check_run, [refs_in, query_in, state], state, api_visibility="private", **light
     ).success(detect, run_inputs, run_outputs, api_name="detect", **heavy)
