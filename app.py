@@ -22,7 +22,13 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from subspace import scratch  # noqa: E402
 from subspace.presets import PRESETS, availability  # noqa: E402
+
+# Everything written for visitors goes to this process's own folder, which gradio uses as its
+# cache: swept while the app runs, removed at exit (subspace.scratch).
+TEMP = scratch.app_folder()
+os.environ["GRADIO_TEMP_DIR"] = str(TEMP)
 
 _status: dict[str, str] = {}
 # The Hub probe takes up to 3 s offline: run it while gradio and the example sets load.
@@ -38,9 +44,15 @@ from subspace import examples, uploads, viz, widgets  # noqa: E402
 from subspace import result as rs  # noqa: E402
 from subspace import session as ss  # noqa: E402
 from subspace.data import MAX_FILE_BYTES, ImageError  # noqa: E402
+from subspace.store import ServerFull  # noqa: E402
 
 log = logging.getLogger("app")
 ROOT = Path(__file__).resolve().parent
+# The only files a client may name: what gradio received for this app, and the examples.
+uploads.receive_only_from(TEMP, ROOT / "examples")
+SWEEP_EVERY_S = 300  # the temp folder is swept this often...
+UNUSED_S = 2 * ss.SESSION_TTL_S  # ...of files unused this long (a session expires sooner)
+MAX_LISTED = 256  # reference files a call may list at all (16 are used)
 EXAMPLES = examples.example_sets(ROOT / "examples")
 TRUTH = examples.TruthIndex(list(EXAMPLES.values()))
 _probe.join()
@@ -95,7 +107,10 @@ def friendly(fn):
             raise gr.Error(
                 "The app is restarting: please try again in a minute.", print_exception=False
             ) from None
-        except (ImageError, ValueError) as err:
+        except ClientGone:
+            log.info("%s stopped: its client has gone", fn.__name__)
+            raise gr.Error("The request was abandoned.", print_exception=False) from None
+        except (ImageError, ValueError, ServerFull) as err:
             raise gr.Error(str(err), print_exception=False) from None
         except Exception as err:  # a bug or a resource problem: log it, never show a trace
             log.exception("%s failed", fn.__name__)
@@ -107,64 +122,132 @@ def friendly(fn):
     return wrapper
 
 
+class ClientGone(Exception):
+    """The client that asked for this work has disconnected: nobody waits for its result."""
+
+
+def _client_gone() -> bool:
+    """Whether the event being handled in this thread has lost its client. gradio marks a
+    running event dead when its client's stream closes; a worker thread only sees it here."""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    queue = getattr(blocks, "_queue", None)
+    if queue is None or event_id is None:  # called outside a served event (tests, scripts)
+        return False
+    for job in list(queue.active_jobs):
+        for event in job or ():
+            if event._id == event_id:
+                return not event.alive
+    return False
+
+
+def _watched(progress):
+    """``progress`` as a fit's step callback that stops the work once its client has gone."""
+
+    def step(fraction: float, message: str) -> None:
+        if _client_gone():
+            raise ClientGone
+        progress(fraction, desc=message)
+
+    return step
+
+
+def _file_name(payload) -> str:
+    """The name a client gave its file, for messages only."""
+    name = getattr(payload, "orig_name", None) or Path(str(getattr(payload, "path", ""))).name
+    return name[:80] or "the upload"
+
+
 class QueryImage(gr.Image):
     """``gr.Image`` that hands the uploaded file to the handler as it is. gradio's own
     preprocess decodes and re-saves every image that is not 8-bit RGB before any handler runs:
     16-bit data clipped, transparency dropped onto black, and a few-KB PNG of 80 megapixels
-    decoded in full before the loader's pixel limit could refuse it from its header."""
+    decoded in full before the loader's pixel limit could refuse it from its header.
+    Only files gradio received for this app are read (:func:`subspace.uploads.read_bytes`);
+    a base64 payload's size is checked before it is decoded."""
 
     is_template = True  # same front-end component as gr.Image
 
     def preprocess(self, payload):
         if payload is None:
             return None
-        name = payload.orig_name or "the upload"
+        label = f"query {_file_name(payload)!r}"
         try:
             if payload.url and payload.url.startswith("data:"):  # base64 from an API client
-                path = processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE, name)
+                data = uploads.data_url_bytes(payload.url, label)
+                path = processing_utils.save_bytes_to_cache(
+                    data, _file_name(payload), self.GRADIO_CACHE
+                )
             else:
                 path = payload.path
-            uploads.check_upload(path, f"query {name!r}")  # the header only: nothing is decoded
+            uploads.check_upload(path, label)  # the header only: nothing is decoded
         except ImageError as err:
             raise gr.Error(str(err), print_exception=False) from None
         except Exception:
-            raise gr.Error(
-                f"{name!r} could not be received; please upload the image again.",
-                print_exception=False,
-            ) from None
+            raise gr.Error(uploads.unreadable(label), print_exception=False) from None
         return path
 
 
 class ThresholdSlider(gr.Slider):
-    """``gr.Slider`` that clamps a typed value into its range. gradio's own preprocess refuses
-    it with an error while the number box keeps showing it, so the box, the slider and the
-    mask would each show a different threshold."""
+    """``gr.Slider`` that leaves its range to the handler: gradio's own preprocess refuses a
+    typed value outside the range with an error while the number box keeps showing it, and
+    knows the range only while gradio keeps the visitor's page state. :func:`set_threshold`
+    clamps into the result's own range and shows the value it used. The range is each
+    result's own, so the API docs describe the scale rather than the page's first one, and
+    there is no default: the value before any run means nothing."""
 
     is_template = True  # same front-end component as gr.Slider
 
+    def api_info(self) -> dict:
+        return {
+            "type": "number",
+            "description": "mask threshold on the last result's SGFR error scale: /detect returns "
+            "its calibrated value as scores['threshold'] and the range as the slider's minimum "
+            "and maximum; a value outside the range is clamped into it",
+        }
+
+    def postprocess(self, value):
+        return None if value is None else super().postprocess(value)
+
     def preprocess(self, payload):
         if payload is None:
-            return None
+            raise gr.Error(
+                "The threshold is missing: give a number on the result's error scale "
+                "(/detect returns its calibrated value as scores['threshold']).",
+                print_exception=False,
+            )
         try:
-            value = float(payload)
+            return float(payload)
         except (TypeError, ValueError):
             raise gr.Error(
-                f"The threshold must be a number, got {payload!r}.", print_exception=False
+                f"The threshold must be a number, got {str(payload)[:40]!r}.",
+                print_exception=False,
             ) from None
-        return super().preprocess(min(max(value, self.minimum), self.maximum))
 
 
 class ReferenceFiles(gr.File):
     """``gr.File`` that passes the uploaded paths on. gradio's own preprocess leaves an empty
     temporary file in its cache per file and per event, which nothing ever deletes; and the
-    loader names a non-image more precisely than gradio's file-type check."""
+    loader names a non-image more precisely than gradio's file-type check. Only files gradio
+    received for this app are read (:func:`subspace.uploads.read_bytes`)."""
 
     is_template = True  # same front-end component as gr.File
 
     def preprocess(self, payload):
         if payload is None:
             return None
-        return [f.path for f in (payload.root if isinstance(payload, ListFiles) else [payload])]
+        files = payload.root if isinstance(payload, ListFiles) else [payload]
+        if len(files) > MAX_LISTED:  # the page warns about 17 to MAX_LISTED files itself
+            raise gr.Error(
+                f"{len(files)} reference images were given; the limit is {uploads.MAX_REFERENCES}.",
+                print_exception=False,
+            )
+        for f in files:
+            if not uploads.received(f.path):
+                label = f"reference {_file_name(f)!r}"
+                raise gr.Error(uploads.unreadable(label), print_exception=False)
+        return [f.path for f in files]
 
 
 class ResultImage(gr.Image):
@@ -181,8 +264,33 @@ class ResultImage(gr.Image):
         return ImageData(path=path, orig_name=name)
 
 
-def _session(state) -> ss.Session:
-    return state if isinstance(state, ss.Session) else ss.Session()
+def _session(state, request: gr.Request | None = None) -> ss.Session:
+    """This visitor's session: the page's state, or the one kept under its session id when
+    gradio has dropped the state (:mod:`subspace.store`), or a new one."""
+    if isinstance(state, ss.Session):
+        return state
+    return ss.STORE.get(getattr(request, "session_hash", None)) or ss.Session()
+
+
+def _keep(session: ss.Session, request: gr.Request | None) -> None:
+    """Account for what ``session`` now holds and keep it under the visitor's session id
+    (a call from outside a served event has none: its caller keeps the session)."""
+    session.account()
+    if key := getattr(request, "session_hash", None):
+        ss.STORE.put(key, session)
+
+
+def _result(state, request: gr.Request | None, then: str) -> ss.Session:
+    """The session, if it holds a result; else a message saying what to do (gr.Error)."""
+    session = _session(state, request)
+    if session.result is not None:
+        return session
+    if session.evicted:
+        raise gr.Error(
+            "Your results were cleared to make room for other visitors: run the detector again.",
+            print_exception=False,
+        )
+    raise gr.Error(f"Run the detector first, then {then}.", print_exception=False)
 
 
 # --------------------------------------------------------------------------- handlers
@@ -204,22 +312,23 @@ def _wish(refs, backbone, ratio) -> tuple:
     return tuple(refs or ()), backbone, float(ratio)
 
 
-def want_fit(refs, backbone, ratio, state) -> ss.Session:
+def want_fit(refs, backbone, ratio, state, request: gr.Request = None) -> ss.Session:
     """Note at once, outside the model's queue slot, which fit the visitor wants now: a fit
     ahead for earlier inputs then stops at its next step instead of holding the slot (shared
     by every visitor) to its end, and one still queued does not start."""
-    session = _session(state)
+    session = _session(state, request)
     session.wanted = _wish(refs, backbone, ratio)
     return session
 
 
-def prefit(refs, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
+def prefit(refs, backbone, ratio, state, request: gr.Request = None, progress=gr.Progress()):  # noqa: B008
     """Fit the references as soon as they are in, while the visitor picks a query: the first
     run then only predicts. Quiet on failure: the run says what is wrong, with the same checks.
     Yields (note, session): first that the fit is under way, then what is ready; nothing new
     for the note if the visitor has changed the inputs since (:func:`want_fit`)."""
-    session = _session(state)
+    session = _session(state, request)
     wish = _wish(refs, backbone, ratio)
+    watched = _watched(progress)
 
     def superseded() -> bool:
         return session.wanted not in (None, wish)  # None: nothing noted yet
@@ -227,7 +336,7 @@ def prefit(refs, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 
     def step(fraction: float, message: str) -> None:
         if superseded():
             raise Superseded
-        progress(fraction, desc=message)
+        watched(fraction, message)
 
     if superseded():
         yield gr.skip(), session
@@ -243,11 +352,16 @@ def prefit(refs, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 
         swap = swap or failed
         with ss.model_work():
             fit, _ = session.fit(ref_files, digest, name, float(ratio), step)
+        _keep(session, request)
     except Superseded:
         log.info("a fit ahead of the run stopped: the visitor changed its inputs")
         yield gr.skip(), session
         return
-    except (ImageError, ValueError, ss.Stopped):
+    except ClientGone:
+        log.info("a fit ahead of the run stopped: its client has gone")
+        yield gr.skip(), session
+        return
+    except (ImageError, ValueError, ss.Stopped, ServerFull):
         yield "", session
         return
     except Exception:  # never a pop-up for work the visitor did not ask for
@@ -282,9 +396,20 @@ def load_example(name: str):
     )
 
 
-def pick_query(paths: list[str], evt: gr.SelectData) -> str:
+def _event_index(evt: gr.EventData | None):
+    """The ``index`` of a select event's data, as the client sent it (anything, or None).
+    Read from the raw data: gr.SelectData fails on malformed data before any handler runs."""
+    data = getattr(evt, "_data", None)
+    return data.get("index") if isinstance(data, dict) else None
+
+
+@friendly
+def pick_query(paths: list[str], evt: gr.EventData = None) -> str:
     """A click on an example query puts it in the query box (the run follows)."""
-    return paths[evt.index]
+    index = _event_index(evt)
+    if type(index) is not int or not 0 <= index < len(paths or ()):
+        raise ValueError("Pick one of the example queries shown (load an example set first).")
+    return paths[index]
 
 
 def query_uploaded(query) -> None:
@@ -293,12 +418,12 @@ def query_uploaded(query) -> None:
 
 
 @friendly
-def check_run(refs, query, state) -> ss.Session:
+def check_run(refs, query, state, request: gr.Request = None) -> ss.Session:
     """A run's input checks, as an event of their own before it: a bad input is named (every
     bad reference at once) while the results on the page stay as they are, where a failed run
     would mark each of them as an error. References that passed before are not decoded again;
     the query decoded here is handed to the run."""
-    session = _session(state)
+    session = _session(state, request)
     data, image = _query_image(session, query)
     ref_files, digest = uploads.read_references(refs or [])
     if digest not in session.checked:
@@ -318,9 +443,16 @@ def _query_image(session: ss.Session, query: str | None) -> tuple[bytes, Image.I
 
 
 @friendly
-def detect(refs, query, backbone, ratio, state, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
-    """Fit on the references (reused when unchanged) and localise anomalies in the query."""
-    session = _session(state)
+def detect(refs, query, backbone, ratio, state, request: gr.Request = None, progress=gr.Progress()):  # noqa: B008
+    """Fit on the references (reused when unchanged) and localise anomalies in the query.
+
+    Parameters:
+        refs: 1 to 16 defect-free reference images of the part.
+        query: the image to inspect.
+        backbone: the feature extractor ("auto" picks the best one available).
+        ratio: share of the reference patches kept in the memory bank (0.05 to 1).
+    """
+    session = _session(state, request)
     data, image = _query_image(session, query)
     session.query = None
     name, warning = ss.choose_backbone(backbone, STATUS)
@@ -329,14 +461,17 @@ def detect(refs, query, backbone, ratio, state, progress=gr.Progress()):  # noqa
     name, failed = ss.load_or_fallback(name)
     for message in filter(None, (warning, failed)):
         gr.Warning(message)
+    watched = _watched(progress)
     with ss.model_work():  # a shutdown waits for it (torch at exit would abort the process)
         fit, reused = session.fit(
-            ref_files, digest, name, float(ratio), lambda f, m: progress(0.05 + 0.9 * f, desc=m)
+            ref_files, digest, name, float(ratio), lambda f, m: watched(0.05 + 0.9 * f, m)
         )
-        progress(0.97, desc="scoring the query")
+        watched(0.97, "scoring the query")
         pred = fit.detector.predict(image)
     truth = TRUTH.lookup(data, image.size)
     session.result = rs.make_result(pred, fit, Path(query).name, image, truth, reused)
+    session.evicted = False
+    _keep(session, request)
     return (*_views(session), *_explain(session), *_numbers(session, slider=True), session)
 
 
@@ -355,29 +490,29 @@ def _numbers(session: ss.Session, slider: bool = False):
     out = []
     if slider:  # a new result: range from its calibration (this rounds its threshold)
         lo, hi, step = rs.threshold_range(res)
-        out.append(gr.Slider(minimum=lo, maximum=hi, value=res.threshold, step=step))
+        out.append(gr.Slider(minimum=lo, maximum=hi, value=res.threshold, step=step, visible=True))
     numbers = rs.scores(res, res.threshold)
     return (*out, rs.summary(numbers), numbers)
 
 
 @friendly
-def export(state):
+def export(state, request: gr.Request = None):
     """Write the results bundle (zip) of the last result at the current threshold. Written
     when asked for, so that it always holds what the page shows."""
-    res = _session(state).result
-    if res is None:
-        gr.Warning("Run the detector first, then download its results.")
-        return None
-    return str(rs.bundle(res, rs.scores(res, res.threshold), state.folder))
+    session = _result(state, request, "download its results")
+    res = session.result
+    return str(rs.bundle(res, rs.scores(res, res.threshold), session.folder))
 
 
 @friendly
-def inspect(x: float, y: float, state):
-    """Explain the patch at query pixel (x, y): per-dimension errors and its sources."""
-    session = _session(state)
-    if session.result is None:
-        gr.Warning("Run the detector first, then click a patch.")
-        return gr.skip()
+def inspect(x: float, y: float, state, request: gr.Request = None):
+    """Explain the patch at query pixel (x, y): per-dimension errors and its sources.
+
+    Parameters:
+        x: column of the patch, in pixels of the query as uploaded.
+        y: row of the patch, in pixels of the query as uploaded.
+    """
+    session = _result(state, request, "click a patch")
     x = uploads.finite(x, "The patch's x coordinate")
     y = uploads.finite(y, "The patch's y coordinate")
     session.result.patch = session.result.pred.patch_at(x, y)
@@ -386,29 +521,41 @@ def inspect(x: float, y: float, state):
     return (v["query"], v["sgfr"], v["knn"], v["mask"], *_explain(session), numbers, session)
 
 
-def select_patch(state, evt: gr.SelectData):
-    """A click on any result image: ``evt.index`` is (x, y) in that image's pixels."""
-    res = _session(state).result
-    if res is None or not evt.index:
-        return gr.skip()
+@friendly
+def select_patch(state, evt: gr.EventData = None, request: gr.Request = None):
+    """A click on any result image: the event's index is (x, y) in that image's pixels."""
+    session = _result(state, request, "click a patch")
+    index = _event_index(evt)
+    if not isinstance(index, list | tuple) or len(index) != 2:
+        raise ValueError("Click a point of a result image to explain its patch.")
+    x = uploads.finite(index[0], "The clicked point's x coordinate")
+    y = uploads.finite(index[1], "The clicked point's y coordinate")
+    res = session.result
     sx = res.query.size[0] / res.display.size[0]
     sy = res.query.size[1] / res.display.size[1]
-    return inspect(evt.index[0] * sx, evt.index[1] * sy, state)
+    return inspect(x * sx, y * sy, session, request)
 
 
 @friendly
-def set_threshold(threshold: float, state):
-    """Redraw the mask and area for a new threshold; no refit, no re-prediction."""
-    session = _session(state)
-    if session.result is None or threshold is None:
-        return gr.skip()
-    session.result.threshold = uploads.finite(threshold, "The threshold")
-    return rs.views(session.result, only_mask=True)["mask"], *_numbers(session), session
+def set_threshold(threshold: float, state, request: gr.Request = None):
+    """Redraw the mask and the defect area for a new threshold; no refit, no re-prediction.
+
+    Parameters:
+        threshold: on the last result's SGFR error scale, clamped into its range.
+    """
+    session = _result(state, request, "set the mask threshold")
+    wanted = uploads.finite(threshold, "The threshold")
+    lo, hi = rs.threshold_bounds(session.result)
+    session.result.threshold = min(max(wanted, lo), hi)
+    moved = session.result.threshold != wanted  # the page then shows the value used
+    shown = gr.Slider(value=session.result.threshold) if moved else gr.skip()
+    mask = rs.views(session.result, only_mask=True)["mask"]
+    return mask, *_numbers(session), shown, session
 
 
 # --------------------------------------------------------------------------- layout
 with gr.Blocks(
-    title="Subspace anomaly localisation", fill_width=True, delete_cache=(3600, 3600)
+    title="Subspace anomaly localisation", fill_width=True, delete_cache=(SWEEP_EVERY_S, UNUSED_S)
 ) as demo:
     state = gr.State(None, time_to_live=ss.SESSION_TTL_S, delete_callback=ss.close_session)
     example_paths = gr.State([])
@@ -479,9 +626,10 @@ with gr.Blocks(
             with gr.Column(min_width=RESULT_MIN_WIDTH):
                 gr.Markdown("**Defect mask** · green: ground truth", elem_classes="imgtitle")
                 mask_out = ResultImage(label="Defect mask", elem_id="out-mask", **image_args)
-                threshold_in = ThresholdSlider(  # no reset button: it went back to 0.5
-                    0, 1, value=0.5, label="Mask threshold", elem_id="threshold", buttons=[]
-                )
+                threshold_in = ThresholdSlider(  # shown with the first result, on its scale
+                    0, 1, value=None, label="Mask threshold", elem_id="threshold",
+                    buttons=[], visible=False,
+                )  # fmt: skip
     summary_out = gr.HTML(label="Summary", show_label=False, js_on_load=None, elem_id="summary")
     with gr.Row(equal_height=False):  # stacked below about 1100 px: the chart's text stays legible
         with gr.Column(scale=3, min_width=720):
@@ -576,7 +724,7 @@ with gr.Blocks(
     threshold_in.input(
         set_threshold,
         [threshold_in, state],
-        [mask_out, *numbers, state],
+        [mask_out, *numbers, threshold_in, state],
         api_name="threshold",
         trigger_mode="always_last",
         show_progress="hidden",
@@ -607,18 +755,40 @@ def launch_kwargs() -> dict:
     )
 
 
-if __name__ == "__main__":
+def _end_with_parent() -> None:
+    """Under ``gradio app.py`` (reload mode) the server runs as a child of gradio's command,
+    which exits on Ctrl-C or SIGTERM without stopping it: have the kernel send this process
+    SIGTERM when its parent dies (Linux; elsewhere the child outlives it as before)."""
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1  # from <sys/prctl.h>
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.warning("stop this server yourself when gradio's reload command ends")
+
+
+def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if note := ss.hub_note(STATUS):  # said on the page too
         log.warning(note.replace("**", ""))
     os.chdir(ROOT)  # gradio serves returned example files only from the working directory
     ss.tune_allocator()  # before the worker threads: keeps RSS flat over many runs
     # SIGTERM (Spaces, CI) ends it through a normal interpreter exit rather than a kill, so
-    # the visitors' bundle folders are removed on the way out.
+    # the temp folder is removed on the way out.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if os.environ.get("GRADIO_WATCH_DEMO_PATH"):
+        _end_with_parent()
+    scratch.start_sweeper(TEMP, UNUSED_S, SWEEP_EVERY_S, ss._STOP)
     # The example sets are fitted once, in the background, for every visitor: a first click
     # on an example then answers as fast as a further query.
     sets = [uploads.read_references([str(p) for p in ex.normal]) for ex in EXAMPLES.values()]
     backbone = ss.choose_backbone(DEFAULT_BACKBONE, STATUS)[0]
     ss.warm_up(backbone, after=lambda: demo.is_running, prepare=sets)
     demo.launch(**launch_kwargs())
+
+
+# gradio's reload mode runs this file again in a watcher thread on every change: only the
+# first run, in the main thread, starts the server.
+if __name__ == "__main__" and threading.current_thread() is threading.main_thread():
+    main()

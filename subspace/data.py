@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,10 @@ ImageSource = (
 
 class ImageError(ValueError):
     """Unusable image input; str(err) is shown to users as-is."""
+
+
+class FileTooLarge(ImageError):
+    """A file over ``MAX_FILE_BYTES``; str(err) is shown to users as-is."""
 
 
 def _describe(data: bytes) -> str:
@@ -112,26 +117,47 @@ def _check_geometry(size: tuple[int, int], label: str) -> None:
         )
 
 
+def read_file(path: str | os.PathLike, label: str) -> bytes:
+    """The bytes of the regular file at ``path``, read without blocking and bounded.
+
+    Only regular files are read: a FIFO, a device (whose ``st_size`` is 0 however much it
+    yields), a socket or a folder is refused at once. The file is opened non-blocking, so a FIFO
+    cannot hold the caller, and at most ``MAX_FILE_BYTES + 1`` bytes are read (+1: the file may
+    have grown since its size was checked).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as err:
+        raise ImageError(f"{label}: file not found; check the path.") from err
+    except IsADirectoryError as err:
+        raise ImageError(f"{label}: this is a folder; choose an image file.") from err
+    except OSError as err:
+        raise ImageError(
+            f"{label}: cannot read the file ({err.strerror or err}); check that it exists "
+            "and is readable."
+        ) from err
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(f"{label}: this is a folder; choose an image file.")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{label}: not a regular file; choose an image file.")
+        if st.st_size > MAX_FILE_BYTES:  # refuse without reading it
+            raise FileTooLarge(too_big(label, st.st_size))
+        with open(fd, "rb", closefd=False) as f:
+            return f.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise ImageError(f"{label}: cannot read the file ({err.strerror or err}).") from err
+    finally:
+        os.close(fd)
+
+
 def _read_bytes(source: str | os.PathLike | bytes | BinaryIO, label: str) -> bytes:
     """All bytes of a path, a bytes-like object or a binary file object, size-checked."""
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
     elif isinstance(source, str | os.PathLike):
-        try:
-            with open(source, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size > MAX_FILE_BYTES:  # refuse without reading it
-                    raise ImageError(_too_big(label, size))
-                data = f.read(MAX_FILE_BYTES + 1)  # +1: the file may have grown since
-        except FileNotFoundError as err:
-            raise ImageError(f"{label}: file not found; check the path.") from err
-        except IsADirectoryError as err:
-            raise ImageError(f"{label}: this is a folder; choose an image file.") from err
-        except OSError as err:
-            raise ImageError(
-                f"{label}: cannot read the file ({err.strerror or err}); check that it exists "
-                "and is readable."
-            ) from err
+        data = read_file(source, label)
     elif hasattr(source, "read"):
         data = source.read(MAX_FILE_BYTES + 1)
         if not isinstance(data, bytes | bytearray):
@@ -145,11 +171,11 @@ def _read_bytes(source: str | os.PathLike | bytes | BinaryIO, label: str) -> byt
     if not data:
         raise ImageError(f"{label}: the file is empty; upload {_SUPPORTED}.")
     if len(data) > MAX_FILE_BYTES:
-        raise ImageError(_too_big(label, len(data)))
+        raise FileTooLarge(too_big(label, len(data)))
     return data
 
 
-def _too_big(label: str, n_bytes: int) -> str:
+def too_big(label: str, n_bytes: int) -> str:
     return (
         f"{label}: the file is {n_bytes / 2**20:.1f} MB, over the {MAX_FILE_BYTES // 2**20} MB "
         "limit; upload a smaller or more compressed image (e.g. JPEG)."

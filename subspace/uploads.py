@@ -6,7 +6,10 @@ decodes them) and a query's header is checked before the image is.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -16,26 +19,69 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import _FORMATS, MAX_FILE_BYTES, ImageError, load_image
+from . import scratch
+from .data import (
+    _FORMATS,
+    MAX_FILE_BYTES,
+    FileTooLarge,
+    ImageError,
+    load_image,
+    read_file,
+    too_big,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_REFERENCES = 16  # normal reference images per fit; more adds little and costs memory
 
 
-def read_bytes(path: str | os.PathLike, label: str) -> bytes:
-    """An uploaded file's bytes, refusing oversized files before reading them."""
-    path = Path(path)
+_RECEIVED: tuple[Path, ...] | None = None  # folders uploads may come from; None: any path
+
+
+def receive_only_from(*folders: str | os.PathLike) -> None:
+    """Read uploads only from files inside ``folders`` (real paths: links out are refused).
+
+    The app names gradio's upload folder and its own example files: a path a client names
+    anywhere else on the server (a file, a device, a FIFO, a link out) gets :data:`UNREADABLE`,
+    whether or not it exists.
+    """
+    global _RECEIVED
+    _RECEIVED = tuple(Path(os.path.realpath(f)) for f in folders)
+
+
+def unreadable(label: str) -> str:
+    """The one message for any upload that cannot be read: it says nothing of the path."""
+    return f"{label}: the upload could not be read; please upload it again."
+
+
+def received(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file the app received (see :func:`receive_only_from`)."""
+    if _RECEIVED is None:
+        return True
     try:
-        n = path.stat().st_size
-    except OSError as err:
-        raise ImageError(f"{label}: the upload could not be read; please upload it again.") from err
-    if n > MAX_FILE_BYTES:
-        raise ImageError(
-            f"{label}: the file is {n / 2**20:.1f} MB, over the {MAX_FILE_BYTES / 2**20:.0f} MB "
-            "limit per image; upload a smaller or more compressed image (e.g. JPEG)."
-        )
-    return path.read_bytes()
+        real = Path(os.path.realpath(path))
+    except (OSError, ValueError):  # e.g. a NUL byte in the name
+        return False
+    return any(real.is_relative_to(folder) and real != folder for folder in _RECEIVED)
+
+
+def read_bytes(path: str | os.PathLike, label: str) -> bytes:
+    """An uploaded file's bytes: a regular file the app received, read without blocking and
+    bounded (:func:`subspace.data.read_file`); too large a file is named as such, anything
+    else unreadable gets :func:`unreadable`."""
+    if not isinstance(path, str | os.PathLike) or not received(path):
+        raise ImageError(unreadable(label))
+    try:
+        data = read_file(path, label)
+    except FileTooLarge:  # the visitor can act on that
+        raise
+    except ImageError as err:
+        raise ImageError(unreadable(label)) from err
+    if len(data) > MAX_FILE_BYTES:
+        raise FileTooLarge(too_big(label, len(data)))
+    if _RECEIVED is not None:
+        scratch.touch(path)  # in use: the app's sweep keeps it
+    return data
 
 
 def read_image(path: str | os.PathLike, label: str) -> tuple[bytes, Image.Image]:
@@ -50,12 +96,27 @@ def check_upload(path: str | os.PathLike, label: str) -> None:
     Raises:
         ImageError: the loader's own message (e.g. "it looks like a PDF document").
     """
+    data = read_bytes(path, label)
     try:
-        with Image.open(path, formats=_FORMATS):  # reads the header only
+        with Image.open(io.BytesIO(data), formats=_FORMATS):  # reads the header only
             return
     except Exception:  # whatever Pillow says, the loader says it better
-        read_image(path, label)  # raises ImageError for anything Image.open refuses
+        load_image(data, name=label)  # raises ImageError for anything Image.open refuses
         log.warning("%s: header refused by Pillow but loaded anyway", label)
+
+
+def data_url_bytes(url: str, label: str) -> bytes:
+    """The bytes of a base64 ``data:`` URL (an API client's image), its size checked from the
+    text's length before anything is decoded."""
+    head, sep, body = url.partition(",")
+    if not sep or not head.endswith(";base64"):
+        raise ImageError(f"{label}: not a base64 data URL; send the image as a file instead.")
+    if len(body) > 4 * (MAX_FILE_BYTES + 2) // 3 + 4:  # base64: 4 characters per 3 bytes
+        raise FileTooLarge(too_big(label, len(body) * 3 // 4))
+    try:
+        return base64.b64decode(body, validate=True)
+    except (ValueError, binascii.Error) as err:
+        raise ImageError(f"{label}: the base64 data is corrupt; send the image again.") from err
 
 
 def finite(value, what: str) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,3 +50,20 @@ def live_app(tmp_path_factory):
         yield url, time.perf_counter() - t0
     finally:
         stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def received(app_module):
+    """Makes a new folder inside the app's upload folder: files there are what gradio received
+    for the app (the app reads no other path a client names)."""
+
+    def make(name: str = "upload") -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=app_module.TEMP))
+
+    return make
+
+
+@pytest.fixture
+def upload_dir(received):
+    """A folder of uploads, as gradio stores them for the app."""
+    return received()

@@ -175,8 +175,8 @@ def _error(fn, *args) -> str:
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("uploads")
+def files(received):
+    folder = received("uploads")
     good = folder / "good"
     good.mkdir()
     _texture((200, 150), seed=1).convert("L").save(good / "ref_gray.png")  # two sizes, modes
@@ -283,13 +283,13 @@ def test_odd_modes_reach_the_handler_as_the_loader_reads_them(app_module, files,
 @pytest.mark.parametrize(
     ("kind", "portrait"), [("16bit", False), ("exif", True), ("wide", False), ("small", False)]
 )
-def test_odd_queries_run_on_a_fitted_session(app_module, files, fitted, tmp_path, kind, portrait):
+def test_odd_queries_run_on_a_fitted_session(app_module, files, fitted, upload_dir, kind, portrait):
     _, state = fitted
     if kind == "wide":  # the most extreme aspect ratio allowed
-        path = tmp_path / "wide.png"
+        path = upload_dir / "wide.png"
         _texture((16 * 12, 16), seed=6).save(path)
     elif kind == "small":  # the smallest side allowed
-        path = tmp_path / "small.png"
+        path = upload_dir / "small.png"
         _texture((MIN_SIDE, MIN_SIDE), seed=7).save(path)
     else:
         path = files["odd"][kind]
@@ -382,9 +382,9 @@ def _mutated(draw) -> bytes:
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.one_of(st.binary(max_size=512), _mutated()))
-def test_fuzz_uploads_through_the_handlers(app_module, tmp_path_factory, data):
+def test_fuzz_uploads_through_the_handlers(app_module, received, data):
     """Whatever the bytes: a thumbnail, or a warning / error that names the file."""
-    path = tmp_path_factory.mktemp("fuzz") / "upload.png"
+    path = received("fuzz") / "upload.png"
     path.write_bytes(data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
