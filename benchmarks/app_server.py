@@ -67,14 +67,25 @@ def wait_for_log(path: Path, text: str, timeout: float) -> None:
 
 
 def start_server(
-    log_path: Path, cache: Path, timeout: float = 120.0
+    log_path: Path,
+    cache: Path,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    """``python app.py`` on a free loopback port with its own gradio cache; (process, url)."""
+    """``python app.py`` (or ``command``) on a free loopback port with its own gradio cache
+    and ``env`` on top of the server's; (process, url)."""
     port = free_port()
-    env = dict(os.environ, **SERVER_ENV, GRADIO_SERVER_PORT=str(port), GRADIO_TEMP_DIR=str(cache))
+    env = dict(
+        os.environ,
+        **SERVER_ENV,
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_TEMP_DIR=str(cache),
+        **(env or {}),
+    )
     log = open(log_path, "w")  # noqa: SIM115 (closed with the process by stop_server)
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py")],
+        command or [sys.executable, str(ROOT / "app.py")],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -178,7 +189,8 @@ class RssSampler:
 
 
 def gradio_cache(pid: int | None = None) -> Path:
-    """Where gradio keeps uploads and outputs: the server's GRADIO_TEMP_DIR, else the default."""
+    """Where the app has gradio keep uploads and outputs: its own folder (``subspace-app-*``)
+    under the server's GRADIO_TEMP_DIR, else under the system's temporary folder."""
     env = dict(os.environ)
     if pid is not None:
         try:
@@ -186,7 +198,9 @@ def gradio_cache(pid: int | None = None) -> Path:
             env = dict(kv.decode(errors="replace").split("=", 1) for kv in raw if b"=" in kv)
         except OSError:
             pass
-    return Path(env.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    base = Path(env.get("GRADIO_TEMP_DIR") or tempfile.gettempdir())
+    own = sorted(base.glob("subspace-app-*"), key=lambda p: p.stat().st_mtime)
+    return own[-1] if own else base
 
 
 def stray_files(cache: Path | None = None) -> set[str]:

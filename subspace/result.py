@@ -79,16 +79,26 @@ def scores(result: Result, threshold: float) -> dict:
     )
 
 
-def threshold_range(result: Result) -> tuple[float, float, float]:
-    """Slider (min, max, step) from the calibration: the normal median up to the colour-scale
-    ceiling, extended to the map's peak so the worst region can always be isolated; rounded
-    to a readable step (the result's threshold is snapped to it)."""
+def _bounds(result: Result) -> tuple[float, float, float, int]:
     s = result.pred.sgfr
     lo, hi = float(s.vmin), float(max(s.vmax, s.heatmap.max()))  # the peak bounds any image score
     digits = int(-np.floor(np.log10(max(hi - lo, 1e-9) / 100)))
     step = 10.0**-digits
-    lo, hi = np.floor(lo / step) * step, np.ceil(hi / step) * step
-    snap = lambda v: round(float(v), max(digits, 0))  # noqa: E731 (no float noise on screen)
+    return np.floor(lo / step) * step, np.ceil(hi / step) * step, step, max(digits, 0)
+
+
+def threshold_bounds(result: Result) -> tuple[float, float]:
+    """The (min, max) of the result's threshold slider (:func:`threshold_range`)."""
+    lo, hi, _, digits = _bounds(result)
+    return round(float(lo), digits), round(float(hi), digits)
+
+
+def threshold_range(result: Result) -> tuple[float, float, float]:
+    """Slider (min, max, step) from the calibration: the normal median up to the colour-scale
+    ceiling, extended to the map's peak so the worst region can always be isolated; rounded
+    to a readable step (the result's threshold is snapped to it)."""
+    lo, hi, step, digits = _bounds(result)
+    snap = lambda v: round(float(v), digits)  # noqa: E731 (no float noise on screen)
     result.threshold = snap(np.clip(round(result.threshold / step) * step, lo, hi))
     return snap(lo), snap(hi), snap(step)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from . import viz
+from . import store, viz
 from .data import load_image
 from .presets import DEFAULT_HUB, FALLBACK, PRESETS
 from .uploads import Upload
@@ -39,7 +40,14 @@ log = logging.getLogger(__name__)
 
 FITS_PER_SESSION = 2  # fitted detectors kept per visitor (e.g. to switch backbones back)
 SESSION_TTL_S = 1800  # a visitor's state is dropped after this long without activity
-MAX_SESSIONS = 64  # visitors' states kept in memory; the least recently active goes first
+# gradio's own per-session table (its page config per visitor): a full table drops its least
+# recently used entry, which the app then finds in STORE by session id if it held anything.
+MAX_SESSIONS = int(store.env_number("SUBSPACE_GRADIO_SESSIONS", 512))
+STORE = store.SessionStore(ttl_s=SESSION_TTL_S)  # sessions holding fits or results, by id
+# Bytes a new fit and its result are reserved before the fit (STORE.make_room): about what a fit
+# of MAX_REFERENCES references at the loader's largest size and its result hold (store.footprint;
+# docs/limits.md).
+FIT_RESERVE_BYTES = 80 * store.MB
 # The library's defaults (Config.ratio, Config.sampling), written out: detector imports torch
 RATIO_DEFAULT = 0.25  # share of the bank kept by usage sampling
 SAMPLING = "usage"
@@ -201,8 +209,15 @@ class Session:
     checked: set[str] = field(default_factory=set)  # digests of reference sets that decode
     query: tuple | None = None  # (path, bytes, image) of the query checked for the next run
     created: float = field(default_factory=time.time)
-    folder: Path = field(  # this visitor's result bundles
-        default_factory=lambda: Path(tempfile.gettempdir()) / "subspace-app" / uuid.uuid4().hex
+    last_used: float = field(default_factory=time.monotonic)  # kept by STORE
+    nbytes: int = 0  # what its fits and result hold, as last accounted
+    evicted: bool = False  # dropped to make room for other visitors
+    folder: Path = field(  # this visitor's result bundles, in the app's temp folder
+        default_factory=lambda: (
+            Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir())
+            / "bundles"
+            / uuid.uuid4().hex
+        )
     )
 
     def __post_init__(self) -> None:
@@ -223,6 +238,7 @@ class Session:
         fit = self.fits.get(key) or prepared_fit(key, progress)
         reused = fit is not None
         if fit is None:
+            STORE.make_room(self, FIT_RESERVE_BYTES)  # ServerFull: refused before any work
             fit = new_fit(uploads, key, backbone, ratio, _stoppable(progress))
         self.fits[key] = fit
         self.fits.move_to_end(key)
@@ -230,11 +246,20 @@ class Session:
             self.fits.popitem(last=False)
         return fit, reused
 
-    def close(self) -> None:
-        """Drop references to detectors and images so their memory can be returned."""
+    def account(self) -> int:
+        """Recount the bytes this session holds (fits shared by every visitor excepted)."""
+        shared = [*_PREPARED.values(), *_BACKBONES.values()]
+        self.nbytes = store.footprint([self.fits, self.result, self.query], shared)
+        return self.nbytes
+
+    def close(self, evicted: bool = False) -> None:
+        """Drop references to detectors and images so their memory can be returned;
+        ``evicted``: to make room for other visitors (the next call says so)."""
         self.fits.clear()
         self.result = None
         self.query = None
+        self.nbytes = 0
+        self.evicted = self.evicted or evicted
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -305,8 +330,9 @@ def prepare_fits(
 
 
 def close_session(session: Session | None) -> None:
-    """``gr.State`` delete callback."""
+    """``gr.State`` delete callback: the visitor's tab has gone (or the state expired)."""
     if isinstance(session, Session):
+        STORE.discard(session)
         session.close()
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from subspace import result as rs
 from subspace import session as ss
 from subspace import uploads, viz
 from subspace.data import ImageError
@@ -140,7 +141,7 @@ def test_fit_is_reused_for_a_new_query(app_module, fitted, monkeypatch):
     assert all(desc != "extracting features" for _, desc in progress.calls)
 
 
-def test_references_are_fitted_before_the_first_run(app_module, monkeypatch, tmp_path):
+def test_references_are_fitted_before_the_first_run(app_module, monkeypatch, upload_dir):
     """Uploading references starts their fit; the run that follows only predicts."""
     ex = app_module.EXAMPLES["synthetic"]
     refs = [str(p) for p in ex.normal[:3]]  # a set of its own, not the prepared example fit
@@ -160,7 +161,7 @@ def test_references_are_fitted_before_the_first_run(app_module, monkeypatch, tmp
     assert out[-1] is session and out[11]["fit_reused"]
     # Nothing to fit, or an unusable file: no note and no pop-up (the run says what is
     # wrong), and the visitor's fits are kept.
-    broken = tmp_path / "broken.png"
+    broken = upload_dir / "broken.png"
     broken.write_bytes(b"not an image")
     for bad in (None, [], [*refs, str(broken)], [refs[0]] * (uploads.MAX_REFERENCES + 1)):
         steps = app_module.prefit(bad, "auto", 0.25, session, progress=Progress())
@@ -349,9 +350,10 @@ def test_threshold_moves_mask_without_refit_or_predict(app_module, fitted, monke
     for name in ("fit", "predict"):
         monkeypatch.setattr(Detector, name, lambda *a, **k: pytest.fail("model was rerun"))
     s = session.result.pred.sgfr
-    low_mask, low_summary, low_scores, st = app_module.set_threshold(s.vmin, session)
+    low_mask, low_summary, low_scores, shown, st = app_module.set_threshold(s.vmin, session)
+    assert shown == gr.skip()  # a value inside the range: the slider already shows it
     peak = float(s.heatmap.max())
-    high_mask, _, high_scores, _ = app_module.set_threshold(peak + 1, session)
+    high_mask, _, high_scores, _, _ = app_module.set_threshold(peak + 1, session)
     assert st is session and session.result.threshold == peak + 1
     assert low_scores["defect_area"] > high_scores["defect_area"] == 0.0
     assert not np.array_equal(np.asarray(low_mask), np.asarray(high_mask))
@@ -405,9 +407,9 @@ def _error(fn, *args, **kwargs) -> str:
     return message
 
 
-def test_bad_inputs_give_clear_messages(app_module, synthetic, tmp_path):
+def test_bad_inputs_give_clear_messages(app_module, synthetic, upload_dir):
     refs, query, _ = synthetic
-    pdf = tmp_path / "scan.png"
+    pdf = upload_dir / "scan.png"
     pdf.write_bytes(b"%PDF-1.4 not an image")
     p = Progress()
     assert "scan.png" in _error(app_module.detect, refs, str(pdf), "auto", 0.25, None, p)
@@ -425,12 +427,14 @@ def test_bad_inputs_give_clear_messages(app_module, synthetic, tmp_path):
     assert len(thumbs) == 2
 
 
-def test_run_checks_its_inputs_first_and_names_every_bad_reference(app_module, synthetic, tmp_path):
+def test_run_checks_its_inputs_first_and_names_every_bad_reference(
+    app_module, synthetic, upload_dir
+):
     """The page's run first checks its inputs in an event that only outputs the session, so a
     bad input is named without marking the results on show as errors. It names every
     unusable reference at once, and hands the decoded query to the run."""
     refs, query, _ = synthetic
-    pdf, text = tmp_path / "scan.png", tmp_path / "notes.jpg"
+    pdf, text = upload_dir / "scan.png", upload_dir / "notes.jpg"
     pdf.write_bytes(b"%PDF-1.4 not an image")
     text.write_text("not an image either")
     session = ss.Session()
@@ -450,24 +454,35 @@ def test_run_checks_its_inputs_first_and_names_every_bad_reference(app_module, s
     session.close()
 
 
-def test_threshold_typed_out_of_range_is_clamped(app_module):
-    """A typed threshold beyond the slider's range is clamped to it, not refused: the box, the
-    slider and the mask then agree (gradio's own slider raises an error and keeps the box)."""
+def test_threshold_typed_out_of_range_is_clamped_and_shown(app_module, fitted):
+    """A typed threshold beyond the result's range is clamped to it, not refused, and the
+    slider then shows the value the mask used (gradio's own slider raises an error and keeps
+    the box showing the typed value)."""
     slider = next(b for b in app_module.demo.blocks.values() if b.elem_id == "threshold")
     assert slider.get_block_name() == "slider"  # the stock front-end component
-    lo, hi = slider.minimum, slider.maximum
-    assert slider.preprocess(lo - 5) == lo and slider.preprocess(hi + 1000) == hi
-    assert slider.preprocess((lo + hi) / 2) == pytest.approx((lo + hi) / 2)
-    assert slider.preprocess(None) is None
+    assert slider.preprocess(1e9) == 1e9  # the range is the result's: the handler clamps
+    with pytest.raises(gr.Error, match="threshold is missing"):
+        slider.preprocess(None)
     with pytest.raises(gr.Error, match="threshold must be a number"):
         slider.preprocess("high")
+    _, _, refs, query = fitted
+    out, _ = run(app_module, refs, query, state=ss.Session())  # the example's fit is reused
+    session = out[-1]
+    lo, hi, _ = rs.threshold_range(session.result)
+    for typed, used in ((hi + 1000, hi), (lo - 5, lo)):
+        *_, scores, shown, _ = app_module.set_threshold(typed, session)
+        assert shown.value == used and session.result.threshold == used
+        assert scores["threshold"] == used
+    *_, shown, _ = app_module.set_threshold((lo + hi) / 2, session)
+    assert shown == gr.skip()  # inside the range: the slider already shows it
+    session.close()
 
 
-def test_undecodable_query_upload_gets_a_clear_message(app_module, tmp_path):
+def test_undecodable_query_upload_gets_a_clear_message(app_module, upload_dir):
     """gradio decodes an Image upload before the handler: that error must be readable too."""
     from gradio.data_classes import ImageData
 
-    bad = tmp_path / "photo.png"
+    bad = upload_dir / "photo.png"
     bad.write_text("not an image at all")
     query_in = next(b for b in app_module.demo.blocks.values() if b.elem_id == "query")
     assert query_in.get_block_name() == "image"  # the stock front-end component
@@ -475,11 +490,18 @@ def test_undecodable_query_upload_gets_a_clear_message(app_module, tmp_path):
         query_in.preprocess(ImageData(path=str(bad), orig_name="photo.png"))
 
 
-def test_handlers_before_any_run_do_nothing(app_module):
-    assert app_module.set_threshold(0.5, None) == gr.skip()
-    assert app_module.select_patch(None, select(1, 1)) == gr.skip()
-    with pytest.warns(UserWarning, match="Run the detector first"):
-        assert app_module.export(None) is None
+def test_handlers_before_any_run_say_to_run_first(app_module):
+    """API clients (and the page) are told what to do, not handed an empty update."""
+    calls = {
+        "set the mask threshold": lambda: app_module.set_threshold(0.5, None),
+        "click a patch": lambda: app_module.select_patch(None, select(1, 1)),
+        "download its results": lambda: app_module.export(None),
+    }
+    for then, call in calls.items():
+        with pytest.raises(gr.Error, match=f"Run the detector first, then {then}"):
+            call()
+    with pytest.raises(gr.Error, match="click a patch"):
+        app_module.inspect(1, 1, None)
 
 
 def test_unreachable_hub_backbone_falls_back(app_module):
@@ -558,7 +580,9 @@ def test_api_through_gradio_client(live_app, app_module):
     assert scores["backbone"] == "lite0" and scores["sgfr"]["score"] > 0
     assert not scores["fit_reused"]
     # Same client session: the fit is reused; the threshold and a patch can be explored.
-    mask, summary, scores2 = client.predict(threshold=scores["sgfr"]["vmax"], api_name="/threshold")
+    mask, summary, scores2, _ = client.predict(
+        threshold=scores["sgfr"]["vmax"], api_name="/threshold"
+    )
     assert scores2["threshold"] == pytest.approx(scores["sgfr"]["vmax"])
     assert scores2["defect_area"] <= scores["defect_area"]
     inspected = client.predict(x=0, y=0, api_name="/inspect")

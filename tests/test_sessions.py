@@ -183,14 +183,16 @@ def test_follow_up_calls_use_each_visitors_own_result(visitors):
 
 
 def test_a_new_visitor_sees_nobody_elses_result(server, visitors, tmp_path):
+    from gradio_client.exceptions import AppError
+
     url, _, _ = server
     c = _client(url, tmp_path)
     try:
-        assert c.predict(api_name="/bundle") is None
-        mask, summary, scores = c.predict(threshold=0.5, api_name="/threshold")
-        assert scores == {"__type__": "update"}  # skipped: nothing to redraw
-        again = c.predict(x=1, y=1, api_name="/inspect")
-        assert again[7] == {"__type__": "update"}
+        for kwargs, name in (({}, "/bundle"), ({"threshold": 0.5}, "/threshold")):
+            with pytest.raises(AppError, match="Run the detector first"):
+                c.predict(**kwargs, api_name=name)
+        with pytest.raises(AppError, match="Run the detector first"):
+            c.predict(x=1, y=1, api_name="/inspect")
     finally:
         c.close()
 
@@ -200,10 +202,11 @@ def test_threshold_outside_the_visitors_fitted_range_is_clamped_to_it(visitors):
     and the scores say which threshold the mask used."""
     clients, _, _, out = visitors
     lo, hi = out["a"][9]["minimum"], out["a"][9]["maximum"]
-    *_, scores = clients["a"].predict(threshold=lo - 1, api_name="/threshold")
-    assert scores["threshold"] == pytest.approx(lo)
-    *_, scores = clients["a"].predict(threshold=hi + 100, api_name="/threshold")
+    _, _, scores, shown = clients["a"].predict(threshold=lo - 1, api_name="/threshold")
+    assert scores["threshold"] == pytest.approx(lo) and shown == pytest.approx(lo)
+    _, _, scores, shown = clients["a"].predict(threshold=hi + 100, api_name="/threshold")
     assert scores["threshold"] == pytest.approx(hi) and scores["defect_area"] == 0.0
+    assert shown == pytest.approx(hi)  # the slider shows the threshold the mask used
 
 
 # ----------------------------------------------------------------------------- API input
@@ -264,7 +267,7 @@ def test_overload_queues_or_says_the_queue_is_full(server, app_module, tmp_path)
     query = handle_file(str(SYNTHETIC / "query" / "001_good.png"))
     try:
         blocker = c.submit(
-            refs=[handle_file(p) for p in _files(SYNTHETIC / "normal")[1:3]],
+            refs=[handle_file(p) for p in _files(BALLSCREW / "normal")[:5]],  # a long fit
             query=query,
             backbone="lite0",
             api_name="/detect",
@@ -563,22 +566,24 @@ def test_stopping_while_fitting_is_clean(tmp_path, when):
     assert proc.returncode == 0 and "terminate called" not in text, text[-2000:]
 
 
-def test_stopping_the_server_removes_the_visitors_files(tmp_path, monkeypatch):
-    """SIGTERM (how a Space or a terminal stops the app) is a normal exit: every visitor's
-    result bundles are removed, not left behind in the temporary folder, even when a second
-    SIGTERM follows while it shuts down (which used to kill it, or raise in exit handlers)."""
+def test_stopping_the_server_removes_its_temp_folder(tmp_path):
+    """SIGTERM (how a Space or a terminal stops the app) is a normal exit: the app's own temp
+    folder (gradio's cache for it: uploads, results, bundles) is removed, not left behind,
+    even when a second SIGTERM follows while it shuts down (which used to kill it, or raise in
+    exit handlers)."""
     from gradio_client import Client, handle_file
 
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # this server's tempfile.gettempdir()
-    proc, url = app_server.start_server(tmp_path / "server.log", tmp_path / "gradio")
+    base = tmp_path / "gradio"
+    proc, url = app_server.start_server(tmp_path / "server.log", base)
     try:
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
         refs = [handle_file(p) for p in _files(SYNTHETIC / "normal", 3)]
         query = handle_file(str(SYNTHETIC / "query" / "000_scratch.png"))
         client.predict(refs=refs, query=query, backbone="lite0", api_name="/detect")
         bundle = Path(client.predict(api_name="/bundle"))
-        folders = list((tmp_path / "subspace-app").iterdir())
-        assert len(folders) == 1 and any(folders[0].glob("*.zip")), folders
+        folders = list(base.glob("subspace-app-*"))
+        assert len(folders) == 1 and any(folders[0].rglob("*.zip")), folders
+        assert any(folders[0].rglob("*.png")) and any(folders[0].rglob("*.jpg"))
         assert bundle.exists()  # the client's own copy
     finally:
         proc.terminate()
@@ -588,4 +593,4 @@ def test_stopping_the_server_removes_the_visitors_files(tmp_path, monkeypatch):
         app_server.stop_server(proc)
     log = (tmp_path / "server.log").read_text()
     assert proc.returncode == 0 and "Traceback" not in log, log[-2000:]
-    assert not folders[0].exists()
+    assert not folders[0].exists() and not list(base.iterdir()), list(base.rglob("*"))[:5]
