@@ -141,10 +141,23 @@ def run_row(row: Row, cache: Path, fresh: bool, quiet: bool) -> tuple[dict, bool
     env = dict(os.environ)  # the child imports this very package, wherever we run from
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
-    result = json.loads(tmp.read_text())
-    os.replace(tmp, path)  # only complete results enter the cache
+    try:
+        subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
+        result = json.loads(tmp.read_text())
+        os.replace(tmp, path)  # only complete results enter the cache
+    finally:  # failed or interrupted: no partial file stays behind
+        tmp.unlink(missing_ok=True)
     return result, False
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: readers never see it half written."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- markdown
@@ -316,6 +329,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     todo = list({r.argv: r for v in rows.values() for r in v}.values())  # (c) reuses (a)
+    partial = cache / "tables-so-far.md"  # the tables file is written once, when all rows are in
     print(f"{len(todo)} runs; results cached in {cache}/, tables in {out}", flush=True)
     done: dict[tuple, dict] = {}
     fresh = set()  # with --fresh, each distinct result is recomputed once
@@ -341,7 +355,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             code = _code_hash()
         took = "cached" if cached else f"{time.perf_counter() - t0:.0f} s"
         print(f"[{i}/{len(todo)}] {_summary(row, done[row.argv])} ({took})", flush=True)
-        out.write_text(render(plan, args.data, rows, done, args.quick))
+        write_atomically(partial, render(plan, args.data, rows, done, args.quick))
+    write_atomically(out, render(plan, args.data, rows, done, args.quick))
+    partial.unlink(missing_ok=True)
     print(f"wrote {out}")
     return 0
 

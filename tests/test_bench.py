@@ -24,3 +24,22 @@ def test_a_row_names_its_bank():
     assert bench._bank({"config": default}) == f"{Config.sampling} {Config.ratio:g}"
     assert bench._bank({"config": default | {"ratio": 1.0}}) == "full"
     assert bench._bank({"config": default | {"sampling": "coreset", "ratio": 0.1}}) == "coreset 0.1"
+
+
+def test_a_failed_run_leaves_the_tables_file_and_no_partial_files(tmp_path):
+    """A row that fails (as an interrupted one stops) must not rewrite the tracked tables file
+    with rows missing, nor leave its temporary result behind."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "not-a-dataset"
+    data.mkdir()
+    out, cache = tmp_path / "README.md", tmp_path / "cache"
+    out.write_text("the tables of the last full run\n")
+    argv = [sys.executable, "-m", "subspace", "bench", str(data), "--quick", "-q"]
+    done = subprocess.run(
+        [*argv, "--out", str(out), "--cache", str(cache)], capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "run the same command again to resume" in done.stderr
+    assert out.read_text() == "the tables of the last full run\n"
+    assert not [p.name for p in cache.iterdir()], "partial files left in the cache"

@@ -594,3 +594,35 @@ def test_stopping_the_server_removes_its_temp_folder(tmp_path):
     log = (tmp_path / "server.log").read_text()
     assert proc.returncode == 0 and "Traceback" not in log, log[-2000:]
     assert not folders[0].exists() and not list(base.iterdir()), list(base.rglob("*"))[:5]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive (a zombie waiting for its reaper is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_reload_mode_serves_and_ends_with_its_command(tmp_path):
+    """``gradio app.py`` (reload mode) runs the file again in a watcher thread: that run must not
+    start a second server or touch signals (it used to die with "signal only works in main
+    thread"); and the server, a child of gradio's command, ends when the command is stopped."""
+    import shutil
+
+    command = [shutil.which("gradio") or "gradio", str(ROOT / "app.py")]
+    log = tmp_path / "server.log"
+    proc, url = app_server.start_server(log, tmp_path / "gradio", command=command)
+    try:
+        server = app_server.pid_listening_on(urlparse(url).port)
+        assert server is not None and server != proc.pid
+        assert httpx.get(url, timeout=30).status_code == 200
+        app_server.wait_for_log(log, "Watching:", 30)
+    finally:
+        app_server.stop_server(proc)
+    deadline = time.monotonic() + 20
+    while _running(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(server), "the server outlived gradio's reload command"
+    text = log.read_text()
+    assert "signal only works" not in text and "Traceback" not in text, text[-2000:]
