@@ -203,10 +203,10 @@ def test_threshold_outside_the_visitors_fitted_range_is_clamped_to_it(visitors):
     clients, _, _, out = visitors
     lo, hi = out["a"][9]["minimum"], out["a"][9]["maximum"]
     _, _, scores, shown = clients["a"].predict(threshold=lo - 1, api_name="/threshold")
-    assert scores["threshold"] == pytest.approx(lo) and shown == pytest.approx(lo)
+    assert scores["threshold"] == pytest.approx(lo) and shown["value"] == pytest.approx(lo)
     _, _, scores, shown = clients["a"].predict(threshold=hi + 100, api_name="/threshold")
     assert scores["threshold"] == pytest.approx(hi) and scores["defect_area"] == 0.0
-    assert shown == pytest.approx(hi)  # the slider shows the threshold the mask used
+    assert shown["value"] == pytest.approx(hi)  # the slider shows the threshold the mask used
 
 
 # ----------------------------------------------------------------------------- API input
