@@ -153,17 +153,17 @@ def test_pro_interpolates_the_segment_crossing_max_fpr():
     assert pro_score(maps, masks, max_fpr=0.3) == pytest.approx(0.75, abs=1e-12)
 
 
-def test_pro_regions_are_4_connected():
-    # (0,0) touches (1,1) only diagonally: with 4-connectivity these are 2 regions,
-    # {(0,0)} and {(1,1), (1,2)}. 6 normals, one of them at 0.75.
-    #   1.0: r1            -> (0,   1/2)      (with 8-connectivity it would be 1/3)
-    #   0.75: 1 normal     -> (1/6, 1/2)
-    #   0.5: r2            -> (1/6, 1)
-    #   0: 5 normals       -> (1,   1)
-    # Area to 1 = 1/6 * 1/2 + 5/6 * 1 = 11/12.
+def test_pro_regions_are_8_connected_as_mvtecs_au_pro():
+    # (0,0) touches (1,1) only diagonally: with 8-connectivity (MVTec's AU-PRO code labels
+    # with structure=np.ones((3, 3))) these are one region of 3 pixels. 6 normals, one at 0.75.
+    #   1.0: 1 of 3         -> (0,   1/3)      (4-connected, two regions: 1/2)
+    #   0.75: 1 normal      -> (1/6, 1/3)
+    #   0.5: all 3          -> (1/6, 1)
+    #   0: 5 normals        -> (1,   1)
+    # Area to 1 = 1/6 * 1/3 + 5/6 * 1 = 8/9 (4-connected: 11/12).
     mask = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]])
     amap = np.array([[1.0, 0.75, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 0.0]])
-    assert pro_score(amap, mask, max_fpr=1.0) == pytest.approx(11 / 12, abs=1e-12)
+    assert pro_score(amap, mask, max_fpr=1.0) == pytest.approx(8 / 9, abs=1e-12)
 
 
 def test_pro_empty_masks_add_only_normal_pixels():
@@ -180,7 +180,7 @@ def _pro_loop(maps, masks, max_fpr: float) -> float:
     """PRO through every distinct threshold, one at a time, cut at max_fpr by interpolation."""
     regions = []
     for m, k in zip(maps, masks, strict=True):
-        lab, n = ndimage.label(k)
+        lab, n = ndimage.label(k, structure=np.ones((3, 3)))
         regions += [m[lab == r] for r in range(1, n + 1)]
     negs = np.concatenate([m[~k] for m, k in zip(maps, masks, strict=True)])
     fpr, pro = [0.0], [0.0]
