@@ -39,10 +39,12 @@ import gradio as gr  # noqa: E402
 from gradio import processing_utils  # noqa: E402
 from gradio.data_classes import ImageData, ListFiles  # noqa: E402
 from PIL import Image  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from subspace import examples, uploads, viz, widgets  # noqa: E402
 from subspace import result as rs  # noqa: E402
 from subspace import session as ss  # noqa: E402
+from subspace.bodylimit import BodyLimit  # noqa: E402
 from subspace.data import MAX_FILE_BYTES, ImageError  # noqa: E402
 from subspace.store import ServerFull  # noqa: E402
 
@@ -50,6 +52,15 @@ log = logging.getLogger("app")
 ROOT = Path(__file__).resolve().parent
 # The only files a client may name: what gradio received for this app, and the examples.
 uploads.receive_only_from(TEMP, ROOT / "examples")
+
+
+async def _no_downloads(url: str, cache_dir: str) -> str:
+    """gradio fetches a file payload whose path is an http(s) URL, whole and in memory, while
+    the call holds its queue slot: the app takes uploads only."""
+    raise gr.Error("Upload the image file; the app does not fetch URLs.", print_exception=False)
+
+
+processing_utils.async_ssrf_protected_download = _no_downloads
 SWEEP_EVERY_S = 300  # the temp folder is swept this often...
 UNUSED_S = 2 * ss.SESSION_TTL_S  # ...of files unused this long (a session expires sooner)
 MAX_LISTED = 256  # reference files a call may list at all (16 are used)
@@ -266,10 +277,12 @@ class ResultImage(gr.Image):
 
 def _session(state, request: gr.Request | None = None) -> ss.Session:
     """This visitor's session: the page's state, or the one kept under its session id when
-    gradio has dropped the state (:mod:`subspace.store`), or a new one."""
+    gradio has dropped the state (:mod:`subspace.store`), or a new one. Any call marks the
+    kept session as in use, so an active visitor is never dropped as idle."""
+    kept = ss.STORE.get(getattr(request, "session_hash", None))
     if isinstance(state, ss.Session):
         return state
-    return ss.STORE.get(getattr(request, "session_hash", None)) or ss.Session()
+    return kept or ss.Session()
 
 
 def _keep(session: ss.Session, request: gr.Request | None) -> None:
@@ -421,24 +434,24 @@ def query_uploaded(query) -> None:
 def check_run(refs, query, state, request: gr.Request = None) -> ss.Session:
     """A run's input checks, as an event of their own before it: a bad input is named (every
     bad reference at once) while the results on the page stay as they are, where a failed run
-    would mark each of them as an error. References that passed before are not decoded again;
-    the query decoded here is handed to the run."""
+    would mark each of them as an error. Reference sets that passed before are not decoded
+    again; the query's decoded image is not kept (the run reads it again), so that a check
+    holds no memory outside the session's budget."""
     session = _session(state, request)
-    data, image = _query_image(session, query)
+    _query_image(query)
     ref_files, digest = uploads.read_references(refs or [])
     if digest not in session.checked:
         uploads.check_references(ref_files)
+        if len(session.checked) >= ss.CHECKED_SETS:
+            session.checked.clear()
         session.checked.add(digest)
-    session.query = (query, data, image)
     return session
 
 
-def _query_image(session: ss.Session, query: str | None) -> tuple[bytes, Image.Image]:
-    """The query's (bytes, RGB image): the ones :func:`check_run` decoded, or decoded now."""
+def _query_image(query: str | None) -> tuple[bytes, Image.Image]:
+    """The query's (bytes, RGB image)."""
     if not query:
         raise ValueError("Add a query image to inspect (or load an example set).")
-    if session.query and session.query[0] == query:
-        return session.query[1:]
     return uploads.read_image(query, f"query {Path(query).name!r}")
 
 
@@ -453,8 +466,7 @@ def detect(refs, query, backbone, ratio, state, request: gr.Request = None, prog
         ratio: share of the reference patches kept in the memory bank (0.05 to 1).
     """
     session = _session(state, request)
-    data, image = _query_image(session, query)
-    session.query = None
+    data, image = _query_image(query)
     name, warning = ss.choose_backbone(backbone, STATUS)
     ref_files, digest = uploads.read_references(refs or [])
     progress(0.0, desc="loading the backbone")
@@ -748,7 +760,10 @@ def launch_kwargs() -> dict:
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         max_file_size=MAX_FILE_BYTES,
         show_error=True,  # API callers see why a call was refused (wrong type, missing value)
-        state_session_capacity=ss.MAX_SESSIONS,  # bounds the memory all visitors hold
+        state_session_capacity=ss.MAX_SESSIONS,  # gradio's per-session page states
+        # A call's JSON is bounded (files come through the upload route): gradio keeps each
+        # call's values in the session's page state.
+        app_kwargs={"middleware": [Middleware(BodyLimit)]},
         theme=THEME,
         css=widgets.CSS,
         footer_links=["api", "gradio"],

@@ -65,7 +65,8 @@ def sweep(folder: str | os.PathLike, max_age_s: float, now: float | None = None)
                 continue
         if Path(dirpath) != Path(folder):
             with contextlib.suppress(OSError):
-                os.rmdir(dirpath)  # only succeeds when empty
+                if now - os.lstat(dirpath).st_mtime > max_age_s:  # not one just made
+                    os.rmdir(dirpath)  # only succeeds when empty
     return removed
 
 

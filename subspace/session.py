@@ -39,10 +39,12 @@ if TYPE_CHECKING:  # torch and timm load on first use: the app's page is up seco
 log = logging.getLogger(__name__)
 
 FITS_PER_SESSION = 2  # fitted detectors kept per visitor (e.g. to switch backbones back)
+CHECKED_SETS = 8  # digests of reference sets known to decode, per visitor
 SESSION_TTL_S = 1800  # a visitor's state is dropped after this long without activity
-# gradio's own per-session table (its page config per visitor): a full table drops its least
-# recently used entry, which the app then finds in STORE by session id if it held anything.
-MAX_SESSIONS = int(store.env_number("SUBSPACE_GRADIO_SESSIONS", 512))
+# gradio's own per-session table (each visitor's page state, with the values of its calls, each
+# call's JSON at most bodylimit.MAX_BODY_BYTES): a full table drops its least recently used
+# entry, which the app then finds in STORE by session id if it held a fit or a result.
+MAX_SESSIONS = int(store.env_number("SUBSPACE_GRADIO_SESSIONS", 256))
 STORE = store.SessionStore(ttl_s=SESSION_TTL_S)  # sessions holding fits or results, by id
 # Bytes a new fit and its result are reserved before the fit (STORE.make_room): about what a fit
 # of MAX_REFERENCES references at the loader's largest size and its result hold (store.footprint;
@@ -207,7 +209,6 @@ class Session:
     result: Result | None = None
     wanted: tuple | None = None  # the inputs of the latest fit asked for ahead of the run
     checked: set[str] = field(default_factory=set)  # digests of reference sets that decode
-    query: tuple | None = None  # (path, bytes, image) of the query checked for the next run
     created: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)  # kept by STORE
     nbytes: int = 0  # what its fits and result hold, as last accounted
@@ -237,9 +238,9 @@ class Session:
         key = fit_key(digest, backbone, ratio)
         fit = self.fits.get(key) or prepared_fit(key, progress)
         reused = fit is not None
-        if fit is None:
-            STORE.make_room(self, FIT_RESERVE_BYTES)  # ServerFull: refused before any work
-            fit = new_fit(uploads, key, backbone, ratio, _stoppable(progress))
+        if fit is None:  # room is made once the references decode (ServerFull: refused)
+            room = lambda: STORE.make_room(self, FIT_RESERVE_BYTES)  # noqa: E731
+            fit = new_fit(uploads, key, backbone, ratio, _stoppable(progress), room)
         self.fits[key] = fit
         self.fits.move_to_end(key)
         while len(self.fits) > FITS_PER_SESSION:
@@ -249,7 +250,7 @@ class Session:
     def account(self) -> int:
         """Recount the bytes this session holds (fits shared by every visitor excepted)."""
         shared = [*_PREPARED.values(), *_BACKBONES.values()]
-        self.nbytes = store.footprint([self.fits, self.result, self.query], shared)
+        self.nbytes = store.footprint([self.fits, self.result], shared)
         return self.nbytes
 
     def close(self, evicted: bool = False) -> None:
@@ -257,7 +258,6 @@ class Session:
         ``evicted``: to make room for other visitors (the next call says so)."""
         self.fits.clear()
         self.result = None
-        self.query = None
         self.nbytes = 0
         self.evicted = self.evicted or evicted
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -274,12 +274,19 @@ def new_fit(
     backbone: str,
     ratio: float,
     progress: Callable[[float, str], None] | None = None,
+    room: Callable[[], None] | None = None,
 ) -> Fit:
-    """Fit a detector on the uploaded references (ImageError if one is unusable)."""
+    """Fit a detector on the uploaded references (ImageError if one is unusable); ``room`` is
+    called once they decode and the settings are valid, before any model work."""
     from .detector import Config, Detector
 
-    refs = [load_image(u.data, name=u.label) for u in uploads]
+    refs = []
+    for u in uploads:
+        _stop_point() if progress is None else progress(0.0, "reading the references")
+        refs.append(load_image(u.data, name=u.label))
     config = Config(backbone=backbone, ratio=ratio, sampling=SAMPLING)
+    if room is not None:
+        room()
     det = Detector(config, backbone=get_backbone(backbone)).fit(refs, progress=progress)
     shown = [viz.to_display(im) for im in refs]
     return Fit(key, det, shown, [s.size[0] / im.size[0] for s, im in zip(shown, refs, strict=True)])

@@ -58,11 +58,13 @@ def received(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a file the app received (see :func:`receive_only_from`)."""
     if _RECEIVED is None:
         return True
-    try:
-        real = Path(os.path.realpath(path))
-    except (OSError, ValueError):  # e.g. a NUL byte in the name
+    try:  # the path as given (not /proc/self/fd/N) and where its links lead both inside
+        given, real = Path(os.path.abspath(path)), Path(os.path.realpath(path))
+    except (OSError, ValueError, TypeError):  # e.g. a NUL byte in the name
         return False
-    return any(real.is_relative_to(folder) and real != folder for folder in _RECEIVED)
+    return all(
+        any(p.is_relative_to(folder) and p != folder for folder in _RECEIVED) for p in (given, real)
+    )
 
 
 def read_bytes(path: str | os.PathLike, label: str) -> bytes:

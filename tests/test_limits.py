@@ -126,9 +126,13 @@ def test_sweep_removes_what_is_unused_and_keeps_what_is_in_use(tmp_path):
         p.write_bytes(b"x")
         os.utime(p, (time.time() - 7200, time.time() - 7200))
     scratch.touch(used)  # read again a moment ago
+    fresh = tmp_path / "c"
+    fresh.mkdir()  # made a moment ago, about to receive a file
     assert scratch.sweep(tmp_path, max_age_s=3600) == 1
-    assert not old.exists() and not old.parent.exists() and used.exists()
-    assert tmp_path.is_dir()  # the folder itself stays
+    assert not old.exists() and used.exists() and fresh.is_dir()
+    os.utime(old.parent, (time.time() - 7200, time.time() - 7200))  # emptied long ago
+    assert scratch.sweep(tmp_path, max_age_s=3600) == 0
+    assert not old.parent.exists() and fresh.is_dir() and tmp_path.is_dir()
 
 
 def test_the_sweeper_runs_until_told_to_stop(tmp_path):
@@ -191,3 +195,33 @@ def test_only_received_files_are_read(app_module, upload_dir, tmp_path):
             uploads.read_bytes(path, "query 'x.png'")
         said.add(str(info.value))
     assert said == {"query 'x.png': the upload could not be read; please upload it again."}
+
+
+def test_a_visitors_calls_keep_it_from_being_dropped_as_idle(app_module, monkeypatch):
+    refs, query, _, _ = app_module.load_example("synthetic")
+    monkeypatch.setattr(ss, "FIT_RESERVE_BYTES", 10 * store.MB)
+    monkeypatch.setattr(ss, "STORE", store.SessionStore(budget=15 * store.MB, idle_s=60))
+    first = gr.Request(session_hash="first")
+    held = app_module.detect(refs[:1], query, "lite0", 0.25, None, first, lambda *a, **k: None)[-1]
+    held.last_used -= 61
+    app_module.inspect(1, 1, held, first)  # the visitor explores its result: in use again
+    with pytest.raises(gr.Error, match="The server is full"):
+        app_module.detect(refs[1:2], query, "lite0", 0.25, None, gr.Request(session_hash="b"))
+    assert held.result is not None and not held.evicted
+    held.close()
+
+
+def test_a_fit_that_fails_on_its_input_drops_nobody(app_module, monkeypatch, upload_dir):
+    """Room is made only once the references decode: a caller sending junk evicts no one."""
+    refs, query, _, _ = app_module.load_example("synthetic")
+    monkeypatch.setattr(ss, "FIT_RESERVE_BYTES", 10 * store.MB)
+    monkeypatch.setattr(ss, "STORE", store.SessionStore(budget=15 * store.MB, idle_s=60))
+    idle = gr.Request(session_hash="idle")
+    held = app_module.detect(refs[:1], query, "lite0", 0.25, None, idle, lambda *a, **k: None)[-1]
+    held.last_used -= 61
+    junk = upload_dir / "junk.png"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(gr.Error, match="junk.png"):
+        app_module.detect([str(junk)], query, "lite0", 0.25, None, gr.Request(session_hash="x"))
+    assert held.result is not None and not held.evicted
+    held.close()

@@ -210,21 +210,37 @@ def test_devices_fifos_folders_and_links_are_refused_at_once(raw, good, server):
 
 
 # ----------------------------------------------------------------------------- payload sizes
-def test_a_base64_query_over_the_limit_is_refused_before_decoding(raw, good, server):
-    """Finding 3: a data URL over the limit used to be decoded and left in gradio's cache."""
+def test_a_call_over_the_body_limit_is_refused_before_it_is_read(raw, good, server):
+    """Finding 3: a base64 query over the limit used to be decoded and left in gradio's cache;
+    and gradio keeps each call's values in the session's page state."""
     _, pid, _, cache = server
     refs, _ = good
     before = {p for p in cache.rglob("*") if p.is_file()}
     body = base64.b64encode(b"\0" * (MAX_FILE_BYTES + 2**20)).decode()
     payload = {"path": "big.png", "url": f"data:image/png;base64,{body}", "orig_name": "big.png"}
     rss_before = _rss(pid)
-    message, seconds = raw.error("detect", _detect_data(refs, payload))
-    assert "limit" in message and "big.png" in message and seconds < 30
+    t0 = time.perf_counter()
+    join = {"data": _detect_data(refs, payload), "fn_index": raw.fns["detect"], "session_hash": "b"}
+    r = httpx.post(f"{raw.url}gradio_api/queue/join", json=join, timeout=60)
+    assert r.status_code == 413 and "send images as files" in r.json()["error"]
+    assert time.perf_counter() - t0 < 30
+    chunked = httpx.post(  # no Content-Length: counted as it arrives
+        f"{raw.url}gradio_api/queue/join",
+        content=iter(
+            [json.dumps(join).encode()[i : i + 2**20] for i in range(0, 40 * 2**20, 2**20)]
+        ),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert chunked.status_code == 413
     assert not {p for p in cache.rglob("*") if p.is_file()} - before, "the payload was saved"
-    del body
-    # A small one is still welcome.
+    assert _rss(pid) - rss_before < 200
+    del body, payload, join
+    # A small one is still welcome (and its size checked before decoding: uploads.data_url_bytes).
     buf = io.BytesIO()
-    Image.open(SYNTHETIC / "query" / "000_scratch.png").save(buf, "PNG")
+    Image.open(SYNTHETIC / "query" / "000_scratch.png").convert("RGB").resize((256, 256)).save(
+        buf, "PNG"
+    )
     small = {
         "path": "q.png",
         "url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
@@ -232,7 +248,27 @@ def test_a_base64_query_over_the_limit_is_refused_before_decoding(raw, good, ser
     }
     ok, out, _ = raw.call("detect", _detect_data(refs, small))
     assert ok and out[11]["query"] == "q.png"
-    assert _rss(pid) - rss_before < 400
+
+
+def test_a_url_is_never_fetched(raw, good):
+    """gradio downloads a file payload whose path is a URL, whole, inside the call's slot."""
+    refs, query = good
+    for url in ("http://127.0.0.1:9/inf.png", "https://example.invalid/x.png"):
+        for data in (_detect_data([_file(url)], query), _detect_data(refs, _file(url))):
+            message, seconds = raw.error("detect", data)
+            assert message == "Upload the image file; the app does not fetch URLs." and seconds < 10
+
+
+def test_a_descriptor_path_into_the_upload_folder_is_refused(raw, good, server):
+    """/proc/self/fd/N resolves into the upload folder when the server has a file open there;
+    the path as given must lie inside it too."""
+    refs, _ = good
+    pid = server[1]
+    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int)[:64]:
+        message, _ = raw.error(
+            "detect", _detect_data(refs, _file(f"/proc/self/fd/{fd}", "q.png", False))
+        )
+        assert message == f"query 'q.png': {UNREADABLE}"
 
 
 # ----------------------------------------------------------------------------- sessions
