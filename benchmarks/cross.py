@@ -224,6 +224,31 @@ def render(grid: dict, name: str, config: Config, args) -> str:
     return "\n".join(lines)
 
 
+def summary_row(grid: dict, name: str, seeds: list[int]) -> str:
+    """One markdown row for docs/experiments.md: the worst dataset's SGFR - NN margin of
+    pixel AUROC and of PRO at each k, and the mean over datasets and k of pixel AP and image
+    AUROC margins."""
+    ks = sorted({k for by_k in grid.values() for k in by_k})
+    margin = {
+        (d, k, m): _mean(r, "sgfr", m) - _mean(r, "knn", m)
+        for d, by_k in grid.items()
+        for k, r in by_k.items()
+        for m in METRICS
+    }
+
+    def worst(m: str) -> str:
+        return " / ".join(f"{min(margin[d, k, m] for d in grid):+.3f}" for k in ks)
+
+    def mean(m: str) -> str:
+        return f"{np.mean([margin[d, k, m] for d in grid for k in ks]):+.3f}"
+
+    where = f"{len(grid)} datasets, seeds {' '.join(map(str, seeds))}"
+    return (
+        f"| {name} | {where} | {worst('pixel_auroc')} | {worst('pro')} "
+        f"| {mean('pixel_ap')} | {mean('image_auroc')} |"
+    )
+
+
 def parse_set(items: list[str]) -> dict:
     """``key=value`` pairs -> Config overrides, each value typed as the field's default."""
     types = {f.name: type(f.default) for f in dataclasses.fields(Config)}
@@ -259,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     grid = run_grid(args, config)
     text = render(grid, args.name, config, args)
     print(text)
+    print("Row for docs/experiments.md (worst dataset per k = " + str(sorted(args.shots)) + "):")
+    print(summary_row(grid, args.name, args.seeds))
     standard = (args.shots, args.seeds, args.max_test) == ([1, 2, 4, 8], [0, 1, 2], 200)
     if not args.set and standard:
         out = Path(args.out)

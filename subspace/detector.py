@@ -28,7 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = dict(
     support=("l2", "cosine"),
     sampling=("usage", "usage-greedy", "usage-top", "random", "coreset"),
     image_score=("max", "top1"),
-    score=("residual", "cost", "relative"),
+    score=("residual", "cost", "relative", "max", "sum"),
 )
 
 
@@ -84,8 +84,8 @@ class Config:
             )
         if not 0 < self.ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
-        if self.angle < 0 or self.active < 0:
-            raise ValueError(f"angle and active must be >= 0, got {self.angle}, {self.active}")
+        if self.angle < -1 or self.active < 0:
+            raise ValueError(f"need angle >= -1 and active >= 0, got {self.angle}, {self.active}")
 
 
 def fit_cap(rings: int, k: int, rings_of: Callable[[int], torch.Tensor]) -> int:
@@ -160,6 +160,8 @@ class Detector:
         self.calibration: dict[str, scoring.Calibration] = {}
         self.dim_scale: torch.Tensor | None = None  # (d,) normal residual spread (standardize)
         self.atom_err: torch.Tensor | None = None  # (N',) leave-one-out residual of each atom
+        # (residual, NN distance) that 99 % of the references' patches stay below (leave-one-out)
+        self.normal_scale: tuple[float, float] = (1.0, 1.0)
         self.fit_seconds = 0.0
         self._rings: tuple[int, torch.Tensor] | None = None  # (ring_cap, atom_rings(cap))
 
@@ -236,6 +238,9 @@ class Detector:
         sgfr = norm if self.dim_scale is None else (coded.residual / self.dim_scale).norm(dim=1)
         if self.config.score == "cost":  # extrapolating (large / negative codes) costs extra
             sgfr = (sgfr.pow(2) + 2 * coded.penalty).sqrt()
+        elif self.config.score in ("max", "sum"):  # both in units of what normal patches reach
+            r, d = norm / self.normal_scale[0], coded.nn_dist / self.normal_scale[1]
+            sgfr = torch.maximum(r, d) if self.config.score == "max" else r + d
         elif self.config.score == "relative":  # in units of what normal data leaves unexplained
             w = coded.coef.abs()  # (M, K)
             typical = (w * self.atom_err[coded.index]).sum(1) / w.sum(1).clamp_min(1e-12)
@@ -337,6 +342,11 @@ class Detector:
 
         coded = self._code(rows, self.ref_grids, exclude, share=(k - 1) / k if k > 1 else 1.0)
         self.atom_err = coded.residual.norm(dim=1)[keep].contiguous()
+        q = torch.tensor(0.99)
+        self.normal_scale = (
+            float(torch.quantile(coded.residual.norm(dim=1), q).clamp_min(1e-12)),
+            float(torch.quantile(coded.nn_dist, q).clamp_min(1e-12)),
+        )
         if self.config.standardize:  # RMS per dimension; floor keeps dead dims from exploding
             rms = coded.residual.pow(2).mean(0).sqrt()
             self.dim_scale = rms.clamp_min(0.05 * float(rms.mean()) + 1e-12)

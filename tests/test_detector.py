@@ -320,7 +320,7 @@ def test_angle_score_discounts_offsets_along_the_normal_subspace(lite0):
     # in-plane scores shrink by their s / d_nn (here at most about 1 / 4): the gap widens
     assert a[~on].min() / a[on].max() > 3 * s[~on].min() / s[on].max()
     with pytest.raises(ValueError, match="angle"):
-        Config(angle=-1.0)
+        Config(angle=-1.5)
 
 
 def test_active_atoms_weigh_the_score_by_how_few_atoms_rebuild_a_patch(lite0, tmp_path):
