@@ -95,12 +95,12 @@ SOURCES_MD = (
 )
 FOOTER = (
     "**How it works.** Each patch feature of the query is rebuilt as a sparse, affine "
-    "combination of normal patch features spread over its neighbourhood that lie as far "
-    "from their image's edge (self-expressive subspaces); what cannot be rebuilt is "
-    "anomalous, and counts the more, the less of its difference from the closest normal "
-    "patch the subspace explains and the fewer normal patches its rebuilding uses. The baseline "
-    "(PatchCore-style) only measures the distance to the single closest normal patch. The fit "
-    "runs once per set of references and backbone and is reused for every further query. "
+    "combination of its nearest normal patch features that lie as far from their image's edge "
+    "(self-expressive subspaces). Its score is its distance to the closest normal patch, "
+    "discounted by how much of that difference the normal subspace explains: new combinations "
+    "of normal variation are discounted, what cannot be rebuilt counts in full. The baseline "
+    "(PatchCore-style) is that distance alone. The fit runs once per set of references and "
+    "backbone and is reused for every further query. "
     "Ball screw images: BSData, Schlagenhauf et al. 2021, CC BY-SA 4.0."
 )
 
@@ -627,7 +627,7 @@ with gr.Blocks(
                 query_out = ResultImage(label="Query", elem_id="out-query", **image_args)
                 patch_note = gr.HTML(label="Selected patch", **html_args, elem_id="patch-note")
             with gr.Column(min_width=RESULT_MIN_WIDTH):
-                gr.Markdown("**SGFR (ours)** · reconstruction error", elem_classes="imgtitle")
+                gr.Markdown("**SGFR (ours)** · subspace-guided", elem_classes="imgtitle")
                 sgfr_out = ResultImage(label="SGFR heat map", elem_id="out-sgfr", **image_args)
                 sgfr_bar = gr.HTML(label="SGFR colour scale", **html_args)
         with gr.Column(min_width=PAIR_MIN_WIDTH), gr.Row(equal_height=False):

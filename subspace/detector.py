@@ -28,13 +28,13 @@ CHOICES: dict[str, tuple[str, ...]] = dict(
     support=("l2", "cosine"),
     sampling=("usage", "usage-greedy", "usage-top", "random", "coreset"),
     image_score=("max", "top1"),
-    score=("residual", "cost", "relative", "max", "sum"),
+    score=("residual", "cost", "relative"),
 )
 
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting of a detector. Defaults are the measured best (see benchmarks/README.md)."""
+    """Every setting of a detector. Defaults are chosen across datasets (docs/experiments.md)."""
 
     backbone: str = "auto"  # preset name; "auto": wrn50 when the Hub answers, else lite0
     size: int = 256  # pixel budget: images keep their aspect ratio at about size x size pixels
@@ -44,7 +44,7 @@ class Config:
     k: int = 32  # support: each feature is coded over K atoms near it
     # ... spread evenly by rank over its pool nearest (pool <= k: the K nearest); the pool is
     # counted in the full bank: a sampled bank scales it by the share of atoms kept
-    pool: int = 512
+    pool: int = 0
     support: str = "l2"  # nearness for the support: "l2", or "cosine" (scaled copies are near)
     rings: int = 6  # support from atoms as many cells from the edge, counted up to rings (0: any)
     lam: float = 0.1  # regularisation, relative to the atoms' mean squared norm
@@ -55,12 +55,13 @@ class Config:
     standardize: bool = False  # divide residuals per dimension by their spread on normal patches
     # "relative": ||r|| over the leave-one-out residual of the atoms that rebuilt it
     score: str = "residual"  # patch score: "residual" ||r||, "cost" sqrt(2 J), or "relative"
-    # score "residual" times (||r|| / nearest-atom distance)^angle: an offset along the normal
-    # subspace is discounted, one across it counts in full (0: the residual norm alone)
-    angle: float = 0.5
+    # score "residual" times (||r|| / nearest-atom distance)^angle. At -0.75 the score is
+    # d_nn * (||r|| / d_nn)^0.25: the distance to the nearest normal patch, discounted by how
+    # much of that offset the normal subspace explains (0: the residual alone; -1: d_nn alone)
+    angle: float = -0.75
     # score "residual" also times (K / atoms its code uses)^active: a patch that the sparse
     # code rebuilds from few of its K atoms counts more (0: the count is ignored)
-    active: float = 0.25
+    active: float = 0.0
     sampling: str = "usage"  # bank reduction: usage, usage-greedy, usage-top, random, coreset
     ratio: float = 0.25  # share of the bank kept by sampling (1: the full bank)
     # the bank's self-expression that usage ranks atoms by spreads its supports over this many
@@ -160,8 +161,6 @@ class Detector:
         self.calibration: dict[str, scoring.Calibration] = {}
         self.dim_scale: torch.Tensor | None = None  # (d,) normal residual spread (standardize)
         self.atom_err: torch.Tensor | None = None  # (N',) leave-one-out residual of each atom
-        # (residual, NN distance) that 99 % of the references' patches stay below (leave-one-out)
-        self.normal_scale: tuple[float, float] = (1.0, 1.0)
         self.fit_seconds = 0.0
         self._rings: tuple[int, torch.Tensor] | None = None  # (ring_cap, atom_rings(cap))
 
@@ -238,9 +237,6 @@ class Detector:
         sgfr = norm if self.dim_scale is None else (coded.residual / self.dim_scale).norm(dim=1)
         if self.config.score == "cost":  # extrapolating (large / negative codes) costs extra
             sgfr = (sgfr.pow(2) + 2 * coded.penalty).sqrt()
-        elif self.config.score in ("max", "sum"):  # both in units of what normal patches reach
-            r, d = norm / self.normal_scale[0], coded.nn_dist / self.normal_scale[1]
-            sgfr = torch.maximum(r, d) if self.config.score == "max" else r + d
         elif self.config.score == "relative":  # in units of what normal data leaves unexplained
             w = coded.coef.abs()  # (M, K)
             typical = (w * self.atom_err[coded.index]).sum(1) / w.sum(1).clamp_min(1e-12)
@@ -342,11 +338,6 @@ class Detector:
 
         coded = self._code(rows, self.ref_grids, exclude, share=(k - 1) / k if k > 1 else 1.0)
         self.atom_err = coded.residual.norm(dim=1)[keep].contiguous()
-        q = torch.tensor(0.99)
-        self.normal_scale = (
-            float(torch.quantile(coded.residual.norm(dim=1), q).clamp_min(1e-12)),
-            float(torch.quantile(coded.nn_dist, q).clamp_min(1e-12)),
-        )
         if self.config.standardize:  # RMS per dimension; floor keeps dead dims from exploding
             rms = coded.residual.pow(2).mean(0).sqrt()
             self.dim_scale = rms.clamp_min(0.05 * float(rms.mean()) + 1e-12)
