@@ -55,9 +55,10 @@ class Config:
     standardize: bool = False  # divide residuals per dimension by their spread on normal patches
     # "relative": ||r|| over the leave-one-out residual of the atoms that rebuilt it
     score: str = "residual"  # patch score: "residual" ||r||, "cost" sqrt(2 J), or "relative"
-    # score "residual" times (||r|| / nearest-atom distance)^angle. At -0.75 the score is
-    # d_nn * (||r|| / d_nn)^0.25: the distance to the nearest normal patch, discounted by how
-    # much of that offset the normal subspace explains (0: the residual alone; -1: d_nn alone)
+    # score "residual" times (||r|| / nearest-atom distance)^angle, the ratio capped at 1. At
+    # -0.75 the score is d_nn * (||r|| / d_nn)^0.25 (||r|| where the code rebuilds worse than
+    # the nearest atom): the distance to the nearest normal patch, discounted by how much of
+    # that offset the normal subspace explains (0: the residual alone; -1: d_nn alone)
     angle: float = -0.75
     # score "residual" also times (K / atoms its code uses)^active: a patch that the sparse
     # code rebuilds from few of its K atoms counts more (0: the count is ignored)

@@ -14,7 +14,7 @@ from subspace.data import load_mask
 from subspace.detector import Config, Detector
 from subspace.examples import read_set
 from subspace.features import edge_rings
-from subspace.synthetic import make_set
+from subspace.synthetic import make_set, texture
 
 ROOT = Path(__file__).resolve().parents[1]
 BALLSCREW = ROOT / "examples" / "ballscrew"
@@ -349,3 +349,18 @@ def test_active_atoms_weigh_the_score_by_how_few_atoms_rebuild_a_patch(lite0, tm
     assert Detector.load(tmp_path / "det", backbone=lite0).config.active == 0.5
     with pytest.raises(ValueError, match="active"):
         Config(active=-0.5)
+
+
+def test_the_default_score_is_the_nn_distance_discounted_by_the_subspace(lite0):
+    """SGFR's patch score is d_nn (||r|| / d_nn)^0.25: the baseline's distance, times the
+    fourth root of the share of it that the normal subspace leaves unexplained; where the code
+    rebuilds a patch worse than its nearest atom (||r|| > d_nn), the residual itself."""
+    refs = [Image.fromarray(texture((96, 96), seed=s)) for s in range(3)]
+    det = Detector(Config(backbone="lite0"), backbone=lite0).fit(refs)
+    assert (det.config.angle, det.config.active, det.config.pool) == (-0.75, 0.0, 0)
+    pred = det.predict(Image.fromarray(texture((96, 96), seed=9)))
+    d = pred.knn.patch_scores.ravel()
+    r = np.sqrt((pred.residuals.astype(np.float64) ** 2).sum(1))
+    want = np.where(r <= d, d * (r / d) ** 0.25, r)
+    np.testing.assert_allclose(pred.sgfr.patch_scores.ravel(), want, rtol=1e-4)
+    assert (r <= d).mean() > 0.5  # the usual case: the subspace rebuilds at least as well
