@@ -84,33 +84,49 @@ def test_budget_from_the_environment(monkeypatch):
         assert store.budget_bytes() == store.BUDGET_DEFAULT_MB * store.MB, bad
 
 
-def test_a_full_server_refuses_a_new_fit_and_an_evicted_visitor_is_told(app_module, monkeypatch):
-    """Through the handlers, with real fits: the budget admits one visitor's fit and result,
-    refuses a second visitor's fit while the first is active, and drops the first once idle."""
+def _run(app, refs, query, request, state=None):
+    """The page's run through the handler, as the visitor of ``request``; its session."""
+    return app.detect(refs, query, "lite0", 0.25, state, request, lambda *a, **k: None)[-1]
+
+
+@pytest.fixture
+def crowded(app_module, monkeypatch):
+    """A budget with room for one small fit's reserve and result: (refs, query, the visitor
+    holding it, that visitor's request), the visitor idle for just over the idle time."""
     refs, query, _, _ = app_module.load_example("synthetic")
     monkeypatch.setattr(ss, "FIT_RESERVE_BYTES", 10 * store.MB)
     monkeypatch.setattr(ss, "STORE", store.SessionStore(budget=15 * store.MB, idle_s=60))
-    first, second = gr.Request(session_hash="first"), gr.Request(session_hash="second")
-    out = app_module.detect(refs[:1], query, "lite0", 0.25, None, first, lambda *a, **k: None)
-    held = out[-1]
+    first = gr.Request(session_hash="first")
+    held = _run(app_module, refs[:1], query, first)
     assert ss.STORE.get("first") is held and held.nbytes > 5 * store.MB
+    held.last_used -= 61
+    yield refs, query, held, first
+    held.close()
+
+
+def test_a_full_server_refuses_a_new_fit_and_an_evicted_visitor_is_told(app_module, crowded):
+    """Through the handlers, with real fits: the budget admits one visitor's fit and result,
+    refuses a second visitor's fit while the first is active, and drops the first once idle."""
+    refs, query, held, first = crowded
+    second = gr.Request(session_hash="second")
+    held.last_used += 61  # active a moment ago
     with pytest.raises(gr.Error, match="The server is full"):
-        app_module.detect(refs[1:2], query, "lite0", 0.25, None, second, lambda *a, **k: None)
+        _run(app_module, refs[1:2], query, second)
     held.last_used -= 61  # the first visitor has gone quiet
-    out = app_module.detect(refs[1:2], query, "lite0", 0.25, None, second, lambda *a, **k: None)
-    assert out[-1].result is not None and held.evicted and held.result is None
+    other = _run(app_module, refs[1:2], query, second)
+    assert other.result is not None and held.evicted and held.result is None
     with pytest.raises(gr.Error, match="cleared to make room for other visitors"):
         app_module.set_threshold(1.0, held, first)
-    out[-1].close()
+    other.close()
 
 
 def test_a_visitor_dropped_by_gradio_is_found_by_session_id(app_module, monkeypatch):
     refs, query, _, _ = app_module.load_example("synthetic")
     monkeypatch.setattr(ss, "STORE", store.SessionStore())
     visitor = gr.Request(session_hash="visitor")
-    out = app_module.detect(refs[:1], query, "lite0", 0.25, None, visitor, lambda *a, **k: None)
+    held = _run(app_module, refs[:1], query, visitor)
     mask, summary, scores, shown, session = app_module.set_threshold(30.0, None, visitor)
-    assert session is out[-1] and scores["n_references"] == 1
+    assert session is held and scores["n_references"] == 1
     with pytest.raises(gr.Error, match="Run the detector first"):  # another id: nothing
         app_module.set_threshold(30.0, None, gr.Request(session_hash="stranger"))
     assert "stranger" not in ss.STORE  # a caller holding nothing is not kept
@@ -197,31 +213,19 @@ def test_only_received_files_are_read(app_module, upload_dir, tmp_path):
     assert said == {"query 'x.png': the upload could not be read; please upload it again."}
 
 
-def test_a_visitors_calls_keep_it_from_being_dropped_as_idle(app_module, monkeypatch):
-    refs, query, _, _ = app_module.load_example("synthetic")
-    monkeypatch.setattr(ss, "FIT_RESERVE_BYTES", 10 * store.MB)
-    monkeypatch.setattr(ss, "STORE", store.SessionStore(budget=15 * store.MB, idle_s=60))
-    first = gr.Request(session_hash="first")
-    held = app_module.detect(refs[:1], query, "lite0", 0.25, None, first, lambda *a, **k: None)[-1]
-    held.last_used -= 61
+def test_a_visitors_calls_keep_it_from_being_dropped_as_idle(app_module, crowded):
+    refs, query, held, first = crowded
     app_module.inspect(1, 1, held, first)  # the visitor explores its result: in use again
     with pytest.raises(gr.Error, match="The server is full"):
-        app_module.detect(refs[1:2], query, "lite0", 0.25, None, gr.Request(session_hash="b"))
+        _run(app_module, refs[1:2], query, gr.Request(session_hash="b"))
     assert held.result is not None and not held.evicted
-    held.close()
 
 
-def test_a_fit_that_fails_on_its_input_drops_nobody(app_module, monkeypatch, upload_dir):
+def test_a_fit_that_fails_on_its_input_drops_nobody(app_module, crowded, upload_dir):
     """Room is made only once the references decode: a caller sending junk evicts no one."""
-    refs, query, _, _ = app_module.load_example("synthetic")
-    monkeypatch.setattr(ss, "FIT_RESERVE_BYTES", 10 * store.MB)
-    monkeypatch.setattr(ss, "STORE", store.SessionStore(budget=15 * store.MB, idle_s=60))
-    idle = gr.Request(session_hash="idle")
-    held = app_module.detect(refs[:1], query, "lite0", 0.25, None, idle, lambda *a, **k: None)[-1]
-    held.last_used -= 61
+    _, query, held, _ = crowded
     junk = upload_dir / "junk.png"
     junk.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
     with pytest.raises(gr.Error, match="junk.png"):
-        app_module.detect([str(junk)], query, "lite0", 0.25, None, gr.Request(session_hash="x"))
+        _run(app_module, [str(junk)], query, gr.Request(session_hash="x"))
     assert held.result is not None and not held.evicted
-    held.close()
