@@ -109,7 +109,7 @@ def capped_code_score(det: Detector, y: torch.Tensor, grid: tuple[int, int], per
         d2.masked_fill_(ring[:, None] != det.atom_rings(cap)[None, :], float("inf"))
     idx = capped_support(d2, det.positions[:, 0].long(), c.k, per)
     atoms = bank[idx]  # (M, K, d)
-    coef = reconstruct.solve(y, atoms, c.lam, c.alpha, c.affine, c.nonneg)
+    coef = reconstruct.solve(y, atoms, c.lam, c.alpha, c.affine)
     return (y - (coef.unsqueeze(1) @ atoms).squeeze(1)).norm(dim=1)
 
 

@@ -42,24 +42,9 @@ VARIANTS: dict[str, dict] = {
     "elastic net K=16 lam=.01": dict(k=16, lam=0.01),
     "elastic net K=16 lam=.3": dict(k=16, lam=0.3),
     "elastic net K=16 a=.9": dict(k=16, alpha=0.9),
-    "elastic net K=16 non-negative": dict(k=16, nonneg=True),
-    "elastic net K=16 L2-normalised": dict(k=16, normalize=True),
-    "elastic net K=16 standardised residuals": dict(k=16, standardize=True),
-    "ridge K=32 affine standardised": dict(alpha=0.0, k=32, standardize=True),
     "lasso K=16 lam=.1 affine": dict(k=16, alpha=1.0),
     "lasso K=16 lam=.03 affine": dict(k=16, alpha=1.0, lam=0.03),
     "lasso K=32 lam=.03 affine": dict(alpha=1.0, lam=0.03, k=32),
-    "lasso K=16 lam=.03 affine standardised": dict(k=16, alpha=1.0, lam=0.03, standardize=True),
-    "elastic net K=16 cost score": dict(k=16, score="cost"),
-    "lasso K=32 lam=.1 cost score": dict(alpha=1.0, k=32, score="cost"),
-    "cosine support, linear EN K=16": dict(k=16, support="cosine", affine=False),
-    "cosine support, linear lasso K=16 lam=.03": dict(
-        k=16, support="cosine", affine=False, alpha=1.0, lam=0.03
-    ),
-    "cosine support, linear ridge K=32": dict(support="cosine", affine=False, alpha=0.0, k=32),
-    "cosine support, affine EN K=16": dict(k=16, support="cosine"),
-    "elastic net K=16 relative score": dict(k=16, score="relative"),
-    "elastic net K=32 relative score": dict(score="relative", k=32),
     "lasso K=64 lam=.03 affine": dict(alpha=1.0, lam=0.03, k=64),
     "lasso K=32 lam=.1 affine": dict(alpha=1.0, lam=0.1, k=32),
     "lasso K=64 lam=.1 affine": dict(alpha=1.0, lam=0.1, k=64),
@@ -103,11 +88,6 @@ VARIANTS: dict[str, dict] = {
         k=32, angle=0.5, sampling="random", ratio=0.1
     ),
     "angle score 1 random sampling 10% (K=32)": dict(k=32, angle=1.0, sampling="random", ratio=0.1),
-    "active atoms 0, the number of atoms ignored (K=32)": dict(k=32, active=0.0),
-    "active atoms 0.125 (K=32)": dict(k=32, active=0.125),
-    "active atoms 0.25 (K=32)": dict(k=32, active=0.25),
-    "active atoms 0.375 (K=32)": dict(k=32, active=0.375),
-    "active atoms 0.5 (K=32)": dict(k=32, active=0.5),
     "usage sampling 25%, self-expression over the 512 nearest (K=32)": dict(
         k=32, sampling="usage", ratio=0.25, usage_pool=512
     ),

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from . import features as feats
@@ -20,15 +19,13 @@ from .backbone import Backbone, load_backbone
 from .sampling import UsageSampler, make_sampler
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the cross-dataset score; files of version 1 are refused
 Progress = Callable[[float, str], None]
 # The closed sets of Config's string settings (the CLI offers the same choices).
 CHOICES: dict[str, tuple[str, ...]] = dict(
     method=("sgfr", "knn"),
-    support=("l2", "cosine"),
     sampling=("usage", "usage-greedy", "usage-top", "random", "coreset"),
     image_score=("max", "top1"),
-    score=("residual", "cost", "relative"),
 )
 
 
@@ -45,24 +42,15 @@ class Config:
     # ... spread evenly by rank over its pool nearest (pool <= k: the K nearest); the pool is
     # counted in the full bank: a sampled bank scales it by the share of atoms kept
     pool: int = 0
-    support: str = "l2"  # nearness for the support: "l2", or "cosine" (scaled copies are near)
     rings: int = 6  # support from atoms as many cells from the edge, counted up to rings (0: any)
     lam: float = 0.1  # regularisation, relative to the atoms' mean squared norm
     alpha: float = 0.5  # L1 share of the elastic net: 0 ridge, 1 lasso
     affine: bool = True  # codes sum to one: affine subspaces, reconstruction at the data's scale
-    nonneg: bool = False  # codes >= 0
-    normalize: bool = False  # L2-normalise patch features first
-    standardize: bool = False  # divide residuals per dimension by their spread on normal patches
-    # "relative": ||r|| over the leave-one-out residual of the atoms that rebuilt it
-    score: str = "residual"  # patch score: "residual" ||r||, "cost" sqrt(2 J), or "relative"
-    # score "residual" times (||r|| / nearest-atom distance)^angle, the ratio capped at 1. At
+    # patch score: the residual ||r|| times (||r|| / nearest-atom distance)^angle, capped at 1. At
     # -0.75 the score is d_nn * (||r|| / d_nn)^0.25 (||r|| where the code rebuilds worse than
     # the nearest atom): the distance to the nearest normal patch, discounted by how much of
     # that offset the normal subspace explains (0: the residual alone; -1: d_nn alone)
     angle: float = -0.75
-    # score "residual" also times (K / atoms its code uses)^active: a patch that the sparse
-    # code rebuilds from few of its K atoms counts more (0: the count is ignored)
-    active: float = 0.0
     sampling: str = "usage"  # bank reduction: usage, usage-greedy, usage-top, random, coreset
     ratio: float = 0.25  # share of the bank kept by sampling (1: the full bank)
     # the bank's self-expression that usage ranks atoms by spreads its supports over this many
@@ -86,8 +74,8 @@ class Config:
             )
         if not 0 < self.ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
-        if self.angle < -1 or self.active < 0:
-            raise ValueError(f"need angle >= -1 and active >= 0, got {self.angle}, {self.active}")
+        if self.angle < -1:
+            raise ValueError(f"angle must be >= -1, got {self.angle}")
 
 
 def fit_cap(rings: int, k: int, rings_of: Callable[[int], torch.Tensor]) -> int:
@@ -160,8 +148,6 @@ class Detector:
         self.n_full = 0  # bank rows before sampling
         self.ref_sizes: list[tuple[int, int]] = []  # (W, H) of each reference
         self.calibration: dict[str, scoring.Calibration] = {}
-        self.dim_scale: torch.Tensor | None = None  # (d,) normal residual spread (standardize)
-        self.atom_err: torch.Tensor | None = None  # (N',) leave-one-out residual of each atom
         self.fit_seconds = 0.0
         self._rings: tuple[int, torch.Tensor] | None = None  # (ring_cap, atom_rings(cap))
 
@@ -174,8 +160,6 @@ class Detector:
     def _rows(self, maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Feature maps -> (sum h_i*w_i, d) patch rows and each map's (h, w) grid."""
         rows = torch.cat([feats.to_rows(f[None]) for f in maps])  # (sum h_i*w_i, d)
-        if self.config.normalize:
-            rows = F.normalize(rows, dim=1)
         return rows, [tuple(f.shape[1:]) for f in maps]
 
     def _code(self, rows: torch.Tensor, grids, exclude=None, share=1.0) -> reconstruct.Code:
@@ -194,9 +178,7 @@ class Detector:
             c.lam,
             c.alpha,
             c.affine,
-            c.nonneg,
-            exclude,
-            c.support,
+            exclude=exclude,
             groups=groups,  # border-aware: supports from the target's own edge ring
             pool=self.support_pool(share),
         )
@@ -232,24 +214,14 @@ class Detector:
         return self._rings
 
     def _patch_scores(self, coded: reconstruct.Code) -> dict[str, torch.Tensor]:
-        """Both scorers' (M,) patch scores: the residual's (SGFR, see Config.score and angle)
-        and the nearest distance (k-NN)."""
-        norm = coded.residual.norm(dim=1)  # (M,)
-        sgfr = norm if self.dim_scale is None else (coded.residual / self.dim_scale).norm(dim=1)
-        if self.config.score == "cost":  # extrapolating (large / negative codes) costs extra
-            sgfr = (sgfr.pow(2) + 2 * coded.penalty).sqrt()
-        elif self.config.score == "relative":  # in units of what normal data leaves unexplained
-            w = coded.coef.abs()  # (M, K)
-            typical = (w * self.atom_err[coded.index]).sum(1) / w.sum(1).clamp_min(1e-12)
-            sgfr = sgfr / typical.clamp_min(0.25 * float(self.atom_err.median()))
-        elif self.config.angle:
+        """Both scorers' (M,) patch scores: SGFR's (the residual, see Config.angle) and the
+        nearest distance (k-NN)."""
+        sgfr = norm = coded.residual.norm(dim=1)  # (M,)
+        if self.config.angle:
             # ||r|| / d_nn: the share of the offset from the nearest atom that the subspace
             # leaves unexplained, like the sine of the offset's angle to it (at most 1)
             unexplained = norm / coded.nn_dist.clamp_min(1e-12)
-            sgfr = sgfr * unexplained.clamp_max(1.0).pow(self.config.angle)
-        if self.config.active and self.config.score == "residual":
-            used = (coded.coef != 0).sum(1).clamp_min(1)  # (M,) atoms in the code
-            sgfr = sgfr * (coded.coef.shape[1] / used).pow(self.config.active)
+            sgfr = norm * unexplained.clamp_max(1.0).pow(self.config.angle)
         return {"sgfr": sgfr, "knn": coded.nn_dist}
 
     def _map(self, patch: torch.Tensor) -> torch.Tensor:
@@ -308,8 +280,6 @@ class Detector:
                     c.lam,
                     c.alpha,
                     c.affine,
-                    c.nonneg,
-                    c.support,
                     groups=(ring, ring) if cap else None,
                     pool=c.usage_pool,
                 )
@@ -338,10 +308,6 @@ class Detector:
             return same & near
 
         coded = self._code(rows, self.ref_grids, exclude, share=(k - 1) / k if k > 1 else 1.0)
-        self.atom_err = coded.residual.norm(dim=1)[keep].contiguous()
-        if self.config.standardize:  # RMS per dimension; floor keeps dead dims from exploding
-            rms = coded.residual.pow(2).mean(0).sqrt()
-            self.dim_scale = rms.clamp_min(0.05 * float(rms.mean()) + 1e-12)
         counts = [h * w for h, w in self.ref_grids]
         for name, patch in self._patch_scores(coded).items():
             parts = patch.split(counts)
@@ -441,16 +407,12 @@ class Detector:
             config=asdict(self.config) | {"backbone": self.backbone.name},
             ref_grids=[list(g) for g in self.ref_grids],
             n_full=self.n_full,
-            pool_of="full bank",  # Config.pool is scaled to the bank kept (support_pool)
             ref_sizes=[list(s) for s in self.ref_sizes],
             calibration={k: v.to_dict() for k, v in self.calibration.items()},
             fit_seconds=self.fit_seconds,
         )
         (path / "config.json").write_text(json.dumps(meta, indent=2))
         tensors = {"bank": self.bank, "positions": self.positions}
-        tensors["atom_err"] = self.atom_err
-        if self.dim_scale is not None:
-            tensors["dim_scale"] = self.dim_scale
         save_file(tensors, path / "bank.safetensors")
         return path
 
@@ -462,20 +424,14 @@ class Detector:
         path = Path(path)
         meta = json.loads((path / "config.json").read_text())
         if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported detector format {meta.get('format')!r}")
+            raise ValueError(
+                f"{path}: detector format {meta.get('format')!r}, this version reads "
+                f"{FORMAT_VERSION}; fit the detector again on its references"
+            )
         tensors = load_file(path / "bank.safetensors")
         known = {f.name for f in fields(Config)}
-        meta["config"].setdefault("pool", 0)  # saved before supports were spread: K nearest
-        meta["config"].setdefault("pad", 0)  # saved before the mirrored border: zero padding
-        meta["config"].setdefault("angle", 0.0)  # saved before the angle score: residual alone
-        meta["config"].setdefault("active", 0.0)  # saved before the active-atom count
-        if "pool_of" not in meta:  # saved when the pool was counted in the bank kept
-            kept = tensors["bank"].shape[0]
-            meta["config"]["pool"] = round(meta["config"]["pool"] * meta["n_full"] / kept)
         det = cls(Config(**{k: v for k, v in meta["config"].items() if k in known}), backbone)
         det.bank, det.positions = tensors["bank"], tensors["positions"]
-        det.dim_scale = tensors.get("dim_scale")
-        det.atom_err = tensors["atom_err"]
         det.ref_grids = [tuple(g) for g in meta["ref_grids"]]
         det.n_full = meta["n_full"]
         det.ref_sizes = [tuple(s) for s in meta["ref_sizes"]]

@@ -61,7 +61,7 @@ def test_every_config_flag_is_described_by_the_field_comments():
     for name, text in helps.items():
         assert not text.startswith("default:"), f"Config.{name} has no description"
     assert "self-expression" in helps["usage_pool"]  # from the comment lines above the field
-    assert helps["score"].startswith("patch score") and "leave-one-out" in helps["score"]
+    assert helps["angle"].startswith("patch score") and "nearest normal patch" in helps["angle"]
 
 
 def test_draws_and_test_subset_are_seeded():

@@ -121,16 +121,11 @@ def test_save_load_round_trip_and_redrawn_maps_are_identical(ballscrew, lite0, t
         # eval keeps only the patch scores and draws the map again: it must be the same map
         np.testing.assert_array_equal(ballscrew.heatmap(a.patch_scores, query.size), a.heatmap)
     np.testing.assert_array_equal(before.coef, after.coef)
-    # a detector saved before supports were spread keeps coding over the K nearest, and one
-    # saved before the mirrored border keeps extracting features with zero padding, and one
-    # saved before the angle score keeps scoring by the residual norm alone (and without the
-    # count of active atoms)
+    # a detector saved by the earlier format scored differently: it is refused, not misread
     meta = json.loads((tmp_path / "det" / "config.json").read_text())
-    del meta["config"]["pool"], meta["pool_of"], meta["config"]["pad"], meta["config"]["angle"]
-    del meta["config"]["active"]
-    (tmp_path / "det" / "config.json").write_text(json.dumps(meta))
-    old = Detector.load(tmp_path / "det", backbone=lite0)
-    assert (old.config.pool, old.config.pad, old.config.angle, old.config.active) == (0, 0, 0, 0)
+    (tmp_path / "det" / "config.json").write_text(json.dumps(meta | {"format": 1}))
+    with pytest.raises(ValueError, match="fit the detector again"):
+        Detector.load(tmp_path / "det", backbone=lite0)
 
 
 def test_a_sampled_bank_spreads_supports_over_the_same_neighbourhood(lite0, tmp_path, monkeypatch):
@@ -157,12 +152,8 @@ def test_a_sampled_bank_spreads_supports_over_the_same_neighbourhood(lite0, tmp_
     np.testing.assert_array_equal(a.index, b.index)
     np.testing.assert_array_equal(a.sgfr.heatmap, b.sgfr.heatmap)
     assert a.sgfr.threshold == b.sgfr.threshold  # leave-one-out calibration alike
-    # saved when the pool was counted in the bank kept: loads with the pool that keeps it
-    quarter.save(tmp_path / "old")
-    meta = json.loads((tmp_path / "old" / "config.json").read_text())
-    del meta["pool_of"]
-    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
-    assert Detector.load(tmp_path / "old", backbone=lite0).support_pool() == 256
+    quarter.save(tmp_path / "det")  # saved and loaded, the pool still counts the full bank
+    assert Detector.load(tmp_path / "det", backbone=lite0).support_pool() == 64
 
 
 @pytest.mark.parametrize(
@@ -302,9 +293,7 @@ def test_angle_score_discounts_offsets_along_the_normal_subspace(lite0):
     preds = {}
     for angle in (0.0, 1.0):
         det = Detector(
-            Config(
-                backbone="lite0", k=8, pool=0, rings=0, lam=1e-3, angle=angle, active=0, ratio=1
-            ),
+            Config(backbone="lite0", k=8, pool=0, rings=0, lam=1e-3, angle=angle, ratio=1),
             lite0,
         )
         det.fit_features(refs, [(64, 64)] * 3, lambda f, m: None)
@@ -323,41 +312,13 @@ def test_angle_score_discounts_offsets_along_the_normal_subspace(lite0):
         Config(angle=-1.5)
 
 
-def test_active_atoms_weigh_the_score_by_how_few_atoms_rebuild_a_patch(lite0, tmp_path):
-    """Config.active multiplies the SGFR patch score by (K / atoms the code uses)^active: the
-    codes, the residuals and the baseline stay as they are, and a patch that the sparse code
-    rebuilds from fewer atoms gains more. Saved and loaded, a detector keeps the setting."""
-    g = torch.Generator().manual_seed(1)
-    refs = [torch.randn(16, 8, 8, generator=g) for _ in range(3)]
-    query = torch.randn(16, 8, 8, generator=g)
-    preds = {}
-    for active in (0.0, 0.5):
-        cfg = Config(backbone="lite0", k=8, pool=0, rings=0, active=active, ratio=1.0)
-        det = Detector(cfg, lite0)
-        det.fit_features(refs, [(64, 64)] * 3, lambda f, m: None)
-        preds[active] = det.predict_features(query, (64, 64))
-    plain, counted = preds[0.0], preds[0.5]
-    np.testing.assert_array_equal(plain.coef, counted.coef)
-    np.testing.assert_array_equal(plain.residuals, counted.residuals)
-    np.testing.assert_array_equal(plain.knn.patch_scores, counted.knn.patch_scores)
-    used = (plain.coef != 0).sum(1).reshape(plain.grid)
-    assert used.min() < used.max() <= 8  # the codes are sparse, and not all alike
-    np.testing.assert_allclose(
-        counted.sgfr.patch_scores, plain.sgfr.patch_scores * (8 / used) ** 0.5, rtol=1e-5
-    )
-    det.save(tmp_path / "det")
-    assert Detector.load(tmp_path / "det", backbone=lite0).config.active == 0.5
-    with pytest.raises(ValueError, match="active"):
-        Config(active=-0.5)
-
-
 def test_the_default_score_is_the_nn_distance_discounted_by_the_subspace(lite0):
     """SGFR's patch score is d_nn (||r|| / d_nn)^0.25: the baseline's distance, times the
     fourth root of the share of it that the normal subspace leaves unexplained; where the code
     rebuilds a patch worse than its nearest atom (||r|| > d_nn), the residual itself."""
     refs = [Image.fromarray(texture((96, 96), seed=s)) for s in range(3)]
     det = Detector(Config(backbone="lite0"), backbone=lite0).fit(refs)
-    assert (det.config.angle, det.config.active, det.config.pool) == (-0.75, 0.0, 0)
+    assert (det.config.angle, det.config.pool) == (-0.75, 0)
     pred = det.predict(Image.fromarray(texture((96, 96), seed=9)))
     d = pred.knn.patch_scores.ravel()
     r = np.sqrt((pred.residuals.astype(np.float64) ** 2).sum(1))
