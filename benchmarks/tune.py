@@ -208,7 +208,8 @@ def data_args(description: str) -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="share of the bank kept (by usage sampling) for every variant that does not set its "
-        "own (default: 1, the full bank, as the earlier experiments in docs/experiments.md; Config keeps 0.25)",
+        "own (default: 1, the full bank, as in the earlier experiments of docs/experiments.md; "
+        "Config keeps 0.25)",
     )
     ap.add_argument(
         "--angle",
