@@ -48,7 +48,7 @@ MAX_SESSIONS = int(store.env_number("SUBSPACE_GRADIO_SESSIONS", 256))
 STORE = store.SessionStore(ttl_s=SESSION_TTL_S)  # sessions holding fits or results, by id
 # Bytes a new fit and its result are reserved before the fit (STORE.make_room): about what a fit
 # of MAX_REFERENCES references at the loader's largest size and its result hold (store.footprint;
-# docs/limits.md).
+# README, Limits).
 FIT_RESERVE_BYTES = 80 * store.MB
 # The library's defaults (Config.ratio, Config.sampling), written out: detector imports torch
 RATIO_DEFAULT = 0.25  # share of the bank kept by usage sampling
@@ -282,7 +282,7 @@ def new_fit(
 
     refs = []
     for u in uploads:
-        _stop_point() if progress is None else progress(0.0, "reading the references")
+        (progress or _stop_point)(0.0, "reading the references")  # stops once asked to
         refs.append(load_image(u.data, name=u.label))
     config = Config(backbone=backbone, ratio=ratio, sampling=SAMPLING)
     if room is not None:

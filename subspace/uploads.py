@@ -42,8 +42,8 @@ def receive_only_from(*folders: str | os.PathLike) -> None:
     """Read uploads only from files inside ``folders`` (real paths: links out are refused).
 
     The app names gradio's upload folder and its own example files: a path a client names
-    anywhere else on the server (a file, a device, a FIFO, a link out) gets :data:`UNREADABLE`,
-    whether or not it exists.
+    anywhere else on the server (a file, a device, a FIFO, a link out) gets the message of
+    :func:`unreadable`, whether or not it exists.
     """
     global _RECEIVED
     _RECEIVED = tuple(Path(os.path.realpath(f)) for f in folders)
