@@ -13,6 +13,7 @@ pixel AUROC and PRO margin on the dataset left out.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -35,7 +36,10 @@ def margins(text: str) -> tuple[str, dict]:
     return name, out
 
 
-def main(paths: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("outputs", nargs="+", help="saved outputs of benchmarks/cross.py, one a variant")
+    paths = ap.parse_args(argv).outputs
     variants = dict(margins(Path(p).read_text()) for p in paths)
     datasets = sorted({d for v in variants.values() for d, _ in v})
     print("| left out | chosen on the others | its worst pixel AUROC / PRO there |")
