@@ -38,7 +38,7 @@ def margins(text: str) -> tuple[str, dict]:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("outputs", nargs="+", help="saved outputs of benchmarks/cross.py, one a variant")
+    ap.add_argument("outputs", nargs="+", help="saved outputs of cross.py, one per variant")
     paths = ap.parse_args(argv).outputs
     variants = dict(margins(Path(p).read_text()) for p in paths)
     datasets = sorted({d for v in variants.values() for d, _ in v})
