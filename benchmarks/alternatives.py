@@ -109,7 +109,7 @@ def capped_code_score(det: Detector, y: torch.Tensor, grid: tuple[int, int], per
         d2.masked_fill_(ring[:, None] != det.atom_rings(cap)[None, :], float("inf"))
     idx = capped_support(d2, det.positions[:, 0].long(), c.k, per)
     atoms = bank[idx]  # (M, K, d)
-    coef = reconstruct.solve(y, atoms, c.lam, c.alpha, c.affine)
+    coef = reconstruct.solve(y, atoms, c.lam, c.alpha, affine=True)
     return (y - (coef.unsqueeze(1) @ atoms).squeeze(1)).norm(dim=1)
 
 
@@ -170,7 +170,7 @@ def score_seed(det: Detector, args: argparse.Namespace, seed: int) -> dict[str, 
     for name, fn in scorers(det, args).items():
         patches = [fn(y, p).view(p.grid).numpy() for y, p in zip(rows, preds, strict=True)]
         maps = [det.heatmap(ps, p.size) for ps, p in zip(patches, preds, strict=True)]
-        scores = [image_score(torch.from_numpy(m), det.config.image_score) for m in maps]
+        scores = [image_score(torch.from_numpy(m)) for m in maps]
         out[name] = evaluate(maps, masks, scores, labels)
     return out
 
@@ -181,7 +181,7 @@ def main() -> None:
     ap.add_argument("--shares", type=float, nargs="*", default=[1.0, 0.25, 0.05])
     ap.add_argument("--per-ref", type=int, nargs="*", default=[5], help="support atoms cap")
     args = ap.parse_args()
-    settings = dict(rings=args.rings, pool=args.pool, pad=args.pad, angle=args.angle)
+    settings = dict(rings=args.rings, pad=args.pad, angle=args.angle)
     det = Detector(Config(backbone="lite0", ratio=args.ratio, **settings), load_backbone("lite0"))
     per_seed = [score_seed(det, args, seed) for seed in args.seeds]
     print("| scoring | pixel AUROC | PRO | pixel AP | image AUROC |")

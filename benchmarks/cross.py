@@ -13,7 +13,7 @@ eval`` computes them). Printed: one table per dataset and the SGFR - NN margins 
 over datasets. With the defaults and nothing set, the same tables go to ``--out``, written once,
 when every run is in.
 
-Backbone features are cached on disk per (backbone, size, pad, aspect, image) under
+Backbone features are cached on disk per (backbone, size, pad, image) under
 ``artifacts/features/``, so a change to the reconstruction or the score re-runs the grid from
 them; each run's result is cached under ``artifacts/cross/`` by the settings and the core's
 code, so an interrupted benchmark resumes where it stopped.
@@ -82,7 +82,7 @@ class Features:
 
     def __init__(self, backbone: Backbone, config: Config, folder: Path) -> None:
         self.backbone, self.config = backbone, config
-        tag = f"{backbone.name}-s{config.size}-p{config.pad}-a{int(config.keep_aspect)}"
+        tag = f"{backbone.name}-s{config.size}-p{config.pad}"
         self.folder = folder / tag
         self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -96,7 +96,7 @@ class Features:
             return d["fmap"], (int(d["size"][0]), int(d["size"][1]))
         image = load_image(path, name=path.name)
         c = self.config
-        fmap = feats.extract(self.backbone, [image], c.size, keep_aspect=c.keep_aspect, pad=c.pad)
+        fmap = feats.extract(self.backbone, [image], c.size, pad=c.pad)
         tmp = file.with_suffix(".partial")
         save_file({"fmap": fmap[0].contiguous(), "size": torch.tensor(image.size)}, str(tmp))
         os.replace(tmp, file)

@@ -33,9 +33,7 @@ from subspace.presets import PRESETS  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "default (elastic net K=32, aspect kept)": dict(k=32),
-    "default, squashed to 256 x 256": dict(k=32, keep_aspect=False),
     "elastic net K=16 lam=.1 a=.5 affine": dict(k=16),
-    "elastic net K=16 non-affine": dict(k=16, affine=False),
     "ridge K=16 affine": dict(k=16, alpha=0.0),
     "ridge K=32 affine": dict(alpha=0.0, k=32),
     "elastic net K=8 affine": dict(k=8),
@@ -52,7 +50,6 @@ VARIANTS: dict[str, dict] = {
     "ridge K=64 lam=.3 affine": dict(alpha=0.0, k=64, lam=0.3),
     "elastic net K=16 sigma=2": dict(k=16, sigma=2.0),
     "elastic net K=16 sigma=8": dict(k=16, sigma=8.0),
-    "default, image score = maximum of the map": dict(k=32, image_score="max"),
     "border-aware support off, rings=0 (K=32)": dict(k=32, rings=0),
     "border-aware support rings=2 (K=32)": dict(k=32, rings=2),
     "border-aware support rings=4 (K=32)": dict(k=32, rings=4),
@@ -70,13 +67,6 @@ VARIANTS: dict[str, dict] = {
     "coreset sampling 25% (K=32)": dict(k=32, sampling="coreset", ratio=0.25),
     "coreset sampling 10% (K=32)": dict(k=32, sampling="coreset", ratio=0.1),
     "coreset sampling 5% (K=32)": dict(k=32, sampling="coreset", ratio=0.05),
-    "support of the K nearest, pool=0 (K=32)": dict(k=32, pool=0),
-    "support spread over the 64 nearest (K=32)": dict(k=32, pool=64),
-    "support spread over the 128 nearest (K=32)": dict(k=32, pool=128),
-    "support spread over the 256 nearest (K=32)": dict(k=32, pool=256),
-    "support spread over the 512 nearest (K=32)": dict(k=32, pool=512),
-    "support spread over the 1024 nearest (K=32)": dict(k=32, pool=1024),
-    "support spread over the 256 nearest (K=16)": dict(k=16, pool=256),
     "angle score 0, the residual norm (K=32)": dict(k=32, angle=0.0),
     "angle score 0.25 (K=32)": dict(k=32, angle=0.25),
     "angle score 0.5 (K=32)": dict(k=32, angle=0.5),
@@ -191,13 +181,6 @@ def data_args(description: str) -> argparse.ArgumentParser:
         help="border-aware support of every variant that does not set its own (0: off)",
     )
     ap.add_argument(
-        "--pool",
-        type=int,
-        default=Config.pool,
-        help="supports spread over this many nearest, for every variant that does not set "
-        "its own (0: the K nearest)",
-    )
-    ap.add_argument(
         "--pad",
         type=int,
         default=Config.pad,
@@ -241,22 +224,18 @@ def main() -> None:
         "| NN pixel AUROC | NN PRO | NN pixel AP | NN image AUROC |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for size in args.sizes:
-        for aspect in (True, False):  # features depend on it: one extraction per setting
-            names = [n for n, c in VARIANTS.items() if c.get("keep_aspect", True) == aspect]
-            names = [n for n in names if not args.only or n in args.only]
-            if names:
-                base = Config(
-                    backbone=args.backbone,
-                    size=size,
-                    keep_aspect=aspect,
-                    rings=args.rings,
-                    pool=args.pool,
-                    pad=args.pad,
-                    angle=args.angle,
-                    ratio=args.ratio,
-                )
-                run(args, bb, base, names)
+    for size in args.sizes:  # features depend on it: one extraction per size
+        names = [n for n in VARIANTS if not args.only or n in args.only]
+        if names:
+            base = Config(
+                backbone=args.backbone,
+                size=size,
+                rings=args.rings,
+                pad=args.pad,
+                angle=args.angle,
+                ratio=args.ratio,
+            )
+            run(args, bb, base, names)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Progress = Callable[[float, str], None]
 CHOICES: dict[str, tuple[str, ...]] = dict(
     method=("sgfr", "knn"),
     sampling=("usage", "usage-greedy", "usage-top", "random", "coreset"),
-    image_score=("max", "top1"),
 )
 
 
@@ -35,17 +34,12 @@ class Config:
 
     backbone: str = "auto"  # preset name; "auto": wrn50 when the Hub answers, else lite0
     size: int = 256  # pixel budget: images keep their aspect ratio at about size x size pixels
-    keep_aspect: bool = True  # False: squash every image to size x size
     pad: int = 16  # mirror this many pixels around each image for the backbone (0: zero padding)
     method: str = "sgfr"  # primary scorer: "sgfr" (reconstruction) or "knn" (nearest neighbour)
-    k: int = 32  # support: each feature is coded over K atoms near it
-    # ... spread evenly by rank over its pool nearest (pool <= k: the K nearest); the pool is
-    # counted in the full bank: a sampled bank scales it by the share of atoms kept
-    pool: int = 0
+    k: int = 32  # support: each feature is coded over its K nearest atoms
     rings: int = 6  # support from atoms as many cells from the edge, counted up to rings (0: any)
     lam: float = 0.1  # regularisation, relative to the atoms' mean squared norm
     alpha: float = 0.5  # L1 share of the elastic net: 0 ridge, 1 lasso
-    affine: bool = True  # codes sum to one: affine subspaces, reconstruction at the data's scale
     # patch score: the residual ||r|| times (||r|| / nearest-atom distance)^angle, capped at 1. At
     # -0.75 the score is d_nn * (||r|| / d_nn)^0.25 (||r|| where the code rebuilds worse than
     # the nearest atom): the distance to the nearest normal patch, discounted by how much of
@@ -53,11 +47,10 @@ class Config:
     angle: float = -0.75
     sampling: str = "usage"  # bank reduction: usage, usage-greedy, usage-top, random, coreset
     ratio: float = 0.25  # share of the bank kept by sampling (1: the full bank)
-    # the bank's self-expression that usage ranks atoms by spreads its supports over this many
-    # nearest: narrower than pool, so that the usage of near atoms stays concentrated
+    # the bank's self-expression that usage ranks atoms by spreads its K atoms evenly by rank over
+    # this many nearest, so that its codes span the local subspace, not near-copies of a patch
     usage_pool: int = 256
     sigma: float = 4.0  # map blur in pixels at 256 px
-    image_score: str = "top1"  # image score from the map: "top1" (mean of top 1 %) or "max"
     quantile: float = 0.995  # default threshold: this quantile of normal (leave-one-out) maps
     seed: int = 0  # for random / coreset sampling
 
@@ -65,11 +58,11 @@ class Config:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        counts = (self.pool, self.usage_pool, self.rings, self.pad)
+        counts = (self.usage_pool, self.rings, self.pad)
         if min(counts) < 0 or self.k < 1 or self.size < 32:
             raise ValueError(
-                f"need k >= 1, pool and usage_pool >= 0, size >= 32, rings >= 0 and pad >= 0, got "
-                f"k={self.k}, pool={self.pool}, usage_pool={self.usage_pool}, size={self.size}, "
+                f"need k >= 1, usage_pool >= 0, size >= 32, rings >= 0 and pad >= 0, got "
+                f"k={self.k}, usage_pool={self.usage_pool}, size={self.size}, "
                 f"rings={self.rings}, pad={self.pad}"
             )
         if not 0 < self.ratio <= 1:
@@ -155,19 +148,16 @@ class Detector:
     def features(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         """Images -> one (d, h_i, w_i) feature map each (the expensive, backbone part)."""
         c = self.config
-        return feats.extract(self.backbone, images, c.size, keep_aspect=c.keep_aspect, pad=c.pad)
+        return feats.extract(self.backbone, images, c.size, pad=c.pad)
 
     def _rows(self, maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Feature maps -> (sum h_i*w_i, d) patch rows and each map's (h, w) grid."""
         rows = torch.cat([feats.to_rows(f[None]) for f in maps])  # (sum h_i*w_i, d)
         return rows, [tuple(f.shape[1:]) for f in maps]
 
-    def _code(self, rows: torch.Tensor, grids, exclude=None, share=1.0) -> reconstruct.Code:
-        """Code ``rows`` (the patches of maps with (h, w) ``grids``) over the bank.
-
-        ``share``: the part of the bank ``exclude`` leaves a row (about (k-1)/k when leaving
-        one reference out), so that its support spreads over the same neighbourhood.
-        """
+    def _code(self, rows: torch.Tensor, grids, exclude=None) -> reconstruct.Code:
+        """Code ``rows`` (the patches of maps with (h, w) ``grids``) over their K nearest bank
+        atoms, affine (codes sum to one)."""
         c = self.config
         cap, atom_ring = self.bank_rings()
         groups = (feats.edge_rings(grids, cap), atom_ring) if cap else None
@@ -177,21 +167,10 @@ class Detector:
             c.k,
             c.lam,
             c.alpha,
-            c.affine,
+            affine=True,
             exclude=exclude,
             groups=groups,  # border-aware: supports from the target's own edge ring
-            pool=self.support_pool(share),
         )
-
-    def support_pool(self, share: float = 1.0) -> int:
-        """Config.pool, counted in the full bank, scaled to the atoms a support draws from.
-
-        The pool stands for a neighbourhood of the full bank. A bank sampled down to 10 % holds
-        a tenth as many atoms in that neighbourhood, so a support spreads over a tenth as many
-        nearest atoms (the K nearest when that is K or fewer); otherwise it would reach ten times
-        as far.
-        """
-        return round(self.config.pool * share * self.bank_size / max(self.n_full, 1))
 
     def atom_rings(self, cap: int) -> torch.Tensor:
         """(N',) edge ring of each bank atom's cell in its reference, capped at ``cap``."""
@@ -279,7 +258,7 @@ class Detector:
                     c.k,
                     c.lam,
                     c.alpha,
-                    c.affine,
+                    affine=True,
                     groups=(ring, ring) if cap else None,
                     pool=c.usage_pool,
                 )
@@ -307,15 +286,13 @@ class Detector:
             )
             return same & near
 
-        coded = self._code(rows, self.ref_grids, exclude, share=(k - 1) / k if k > 1 else 1.0)
+        coded = self._code(rows, self.ref_grids, exclude)
         counts = [h * w for h, w in self.ref_grids]
         for name, patch in self._patch_scores(coded).items():
             parts = patch.split(counts)
             maps = [self._map(p.view(g)) for p, g in zip(parts, self.ref_grids, strict=True)]
             c = self.config
-            self.calibration[name] = scoring.calibrate(
-                maps, coded.residual, c.image_score, c.quantile
-            )
+            self.calibration[name] = scoring.calibrate(maps, coded.residual, "top1", c.quantile)
 
     # ---------------------------------------------------------------- predict
     @torch.inference_mode()
@@ -337,7 +314,7 @@ class Detector:
         out = {}
         for name, patch in self._patch_scores(coded).items():
             m = self._map(patch.view(grid))  # (h*r, w*r)
-            score = scoring.image_score(m, self.config.image_score)
+            score = scoring.image_score(m, "top1")
             cal = self.calibration[name]
             out[name] = Scored(
                 heatmap=scoring.resize_map(m, size),

@@ -47,10 +47,10 @@ def test_every_config_field_is_a_flag_with_the_dataclass_default():
     for f in fields(Config):
         assert hasattr(args, f.name), f"no flag for Config.{f.name}"
     args = parser.parse_args(
-        ["eval", "d", "--shots", "2", "--no-affine", "--k", "4", "--lam", "0.5", "--ratio", "0.1"]
+        ["eval", "d", "--shots", "2", "--angle", "-1", "--k", "4", "--lam", "0.5", "--ratio", "0.1"]
     )
     c = cli.config_from(args)
-    assert (c.affine, c.k, c.lam, c.ratio) == (False, 4, 0.5, 0.1)
+    assert (c.angle, c.k, c.lam, c.ratio) == (-1.0, 4, 0.5, 0.1)
 
 
 def test_every_config_flag_is_described_by_the_field_comments():

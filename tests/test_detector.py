@@ -93,11 +93,10 @@ def test_constant_images_give_zero_scores(lite0):
     assert pred.knn.score < 1e-3 * scale  # every query feature is in the bank (float32)
     # The network's zero padding (beyond the mirrored border) makes each position's feature
     # unique, with one exact copy per reference; the elastic net's ridge share spreads a
-    # little weight over the rest of the support (spread over the pool nearest, so farther
-    # atoms): a small bias (about 10 % of the feature norm here, 5 % with the K nearest), the
-    # same in calibration, where each patch also has one copy. So the constant query reads as
-    # normal: scored like the references themselves, and flagged no more than they are
-    # (1 - quantile of their pixels lie above the threshold).
+    # little weight over the rest of its K nearest atoms: a small bias (about 5 % of the
+    # feature norm), the same in calibration, where each patch also has one copy. So the
+    # constant query reads as normal: scored like the references themselves, and flagged no
+    # more than they are (1 - quantile of their pixels lie above the threshold).
     assert pred.sgfr.score < 0.15 * scale
     assert pred.sgfr.p_value == 1.0
     assert (pred.sgfr.heatmap > pred.sgfr.threshold).mean() <= 1 - det.config.quantile + 1e-3
@@ -128,34 +127,6 @@ def test_save_load_round_trip_and_redrawn_maps_are_identical(ballscrew, lite0, t
         Detector.load(tmp_path / "det", backbone=lite0)
 
 
-def test_a_sampled_bank_spreads_supports_over_the_same_neighbourhood(lite0, tmp_path, monkeypatch):
-    """Config.pool counts atoms of the full bank: a bank sampled to a quarter spreads each
-    support over a quarter as many nearest atoms, a tenth over the K nearest (26 < K = 32);
-    leave-one-out calibration over (k-1)/k of that, the share of the bank it may use."""
-    refs = [rgb(p) for p in sorted((BALLSCREW / "normal").glob("*.jpg"))[:3]]
-    query = rgb(BALLSCREW / "query" / "01_200907090805_635000_270_crop_2.jpg")
-
-    def fit(ratio, pool):
-        return Detector(Config(backbone="lite0", sampling="random", ratio=ratio, pool=pool), lite0)
-
-    pools, code = [], reconstruct.code
-    monkeypatch.setattr(
-        reconstruct, "code", lambda *a, **kw: pools.append(kw["pool"]) or code(*a, **kw)
-    )
-    quarter = fit(0.25, 256).fit(refs)
-    quarter.predict(query)
-    assert pools == [round(64 * 2 / 3), 64]  # calibration (3 references), then the query
-    monkeypatch.undo()
-    tenth, nearest = fit(0.1, 256).fit(refs), fit(0.1, 0).fit(refs)
-    assert torch.equal(tenth.bank, nearest.bank)
-    a, b = tenth.predict(query), nearest.predict(query)
-    np.testing.assert_array_equal(a.index, b.index)
-    np.testing.assert_array_equal(a.sgfr.heatmap, b.sgfr.heatmap)
-    assert a.sgfr.threshold == b.sgfr.threshold  # leave-one-out calibration alike
-    quarter.save(tmp_path / "det")  # saved and loaded, the pool still counts the full bank
-    assert Detector.load(tmp_path / "det", backbone=lite0).support_pool() == 64
-
-
 @pytest.mark.parametrize(
     "ratio,sampling", [(0.1, "usage"), (0.1, "usage-top"), (0.1, "random"), (0.1, "coreset")]
 )
@@ -171,8 +142,8 @@ def test_sampling_reduces_the_bank(lite0, ratio, sampling):
 
 
 def test_usage_ranks_atoms_by_a_self_expression_over_usage_pool(lite0, monkeypatch):
-    """The bank's self-expression spreads over Config.usage_pool nearest atoms, not over the
-    queries' pool; its width decides which atoms usage sampling keeps."""
+    """The bank's self-expression spreads over Config.usage_pool nearest atoms (queries are
+    coded over their K nearest); its width decides which atoms usage sampling keeps."""
     refs = [rgb(p) for p in sorted((BALLSCREW / "normal").glob("*.jpg"))[:3]]
     pools, self_expression = [], reconstruct.self_expression
     monkeypatch.setattr(
@@ -182,7 +153,7 @@ def test_usage_ranks_atoms_by_a_self_expression_over_usage_pool(lite0, monkeypat
     )
 
     def kept(usage_pool):
-        cfg = Config(backbone="lite0", ratio=0.1, pool=512, usage_pool=usage_pool)
+        cfg = Config(backbone="lite0", ratio=0.1, usage_pool=usage_pool)
         return Detector(cfg, lite0).fit(refs).positions
 
     narrow, wide = kept(0), kept(512)
@@ -293,7 +264,7 @@ def test_angle_score_discounts_offsets_along_the_normal_subspace(lite0):
     preds = {}
     for angle in (0.0, 1.0):
         det = Detector(
-            Config(backbone="lite0", k=8, pool=0, rings=0, lam=1e-3, angle=angle, ratio=1),
+            Config(backbone="lite0", k=8, rings=0, lam=1e-3, angle=angle, ratio=1),
             lite0,
         )
         det.fit_features(refs, [(64, 64)] * 3, lambda f, m: None)
@@ -318,7 +289,7 @@ def test_the_default_score_is_the_nn_distance_discounted_by_the_subspace(lite0):
     rebuilds a patch worse than its nearest atom (||r|| > d_nn), the residual itself."""
     refs = [Image.fromarray(texture((96, 96), seed=s)) for s in range(3)]
     det = Detector(Config(backbone="lite0"), backbone=lite0).fit(refs)
-    assert (det.config.angle, det.config.pool) == (-0.75, 0)
+    assert det.config.angle == -0.75
     pred = det.predict(Image.fromarray(texture((96, 96), seed=9)))
     d = pred.knn.patch_scores.ravel()
     r = np.sqrt((pred.residuals.astype(np.float64) ** 2).sum(1))
