@@ -63,7 +63,6 @@ async def _no_downloads(url: str, cache_dir: str) -> str:
 processing_utils.async_ssrf_protected_download = _no_downloads
 SWEEP_EVERY_S = 300  # the temp folder is swept this often...
 UNUSED_S = 2 * ss.SESSION_TTL_S  # ...of files unused this long (a session expires sooner)
-MAX_LISTED = 256  # reference files a call may list at all (16 are used)
 EXAMPLES = examples.example_sets(ROOT / "examples")
 TRUTH = examples.TruthIndex(list(EXAMPLES.values()))
 _probe.join()
@@ -240,25 +239,15 @@ class ThresholdSlider(gr.Slider):
 class ReferenceFiles(gr.File):
     """``gr.File`` that passes the uploaded paths on. gradio's own preprocess leaves an empty
     temporary file in its cache per file and per event, which nothing ever deletes; and the
-    loader names a non-image more precisely than gradio's file-type check. Only files gradio
-    received for this app are read (:func:`subspace.uploads.read_bytes`)."""
+    loader names a non-image more precisely than gradio's file-type check. The handlers read
+    only files gradio received for this app (:func:`subspace.uploads.read_bytes`)."""
 
     is_template = True  # same front-end component as gr.File
 
     def preprocess(self, payload):
         if payload is None:
             return None
-        files = payload.root if isinstance(payload, ListFiles) else [payload]
-        if len(files) > MAX_LISTED:  # the page warns about 17 to MAX_LISTED files itself
-            raise gr.Error(
-                f"{len(files)} reference images were given; the limit is {uploads.MAX_REFERENCES}.",
-                print_exception=False,
-            )
-        for f in files:
-            if not uploads.received(f.path):
-                label = f"reference {_file_name(f)!r}"
-                raise gr.Error(uploads.unreadable(label), print_exception=False)
-        return [f.path for f in files]
+        return [f.path for f in (payload.root if isinstance(payload, ListFiles) else [payload])]
 
 
 class ResultImage(gr.Image):

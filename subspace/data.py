@@ -122,8 +122,8 @@ def read_file(path: str | os.PathLike, label: str) -> bytes:
 
     Only regular files are read: a FIFO, a device (whose ``st_size`` is 0 however much it
     yields), a socket or a folder is refused at once. The file is opened non-blocking, so a FIFO
-    cannot hold the caller, and at most ``MAX_FILE_BYTES + 1`` bytes are read (+1: the file may
-    have grown since its size was checked).
+    cannot hold the caller, and at most ``MAX_FILE_BYTES + 1`` bytes are read (+1: a file that
+    grew past the limit since its size was checked is refused too).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -145,11 +145,14 @@ def read_file(path: str | os.PathLike, label: str) -> bytes:
         if st.st_size > MAX_FILE_BYTES:  # refuse without reading it
             raise FileTooLarge(too_big(label, st.st_size))
         with open(fd, "rb", closefd=False) as f:
-            return f.read(MAX_FILE_BYTES + 1)
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         raise ImageError(f"{label}: cannot read the file ({err.strerror or err}).") from err
     finally:
         os.close(fd)
+    if len(data) > MAX_FILE_BYTES:  # it grew since its size was checked
+        raise FileTooLarge(too_big(label, len(data)))
+    return data
 
 
 def _read_bytes(source: str | os.PathLike | bytes | BinaryIO, label: str) -> bytes:

@@ -102,9 +102,6 @@ class SessionStore:
         self._sessions: OrderedDict[str, Any] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._sessions)
-
     def __contains__(self, key: str) -> bool:
         return key in self._sessions
 
@@ -176,10 +173,3 @@ class SessionStore:
         with self._lock:
             for key in [k for k, s in self._sessions.items() if s is session]:
                 del self._sessions[key]
-
-    def clear(self) -> None:
-        with self._lock:
-            dropped = list(self._sessions.values())
-            self._sessions.clear()
-        for session in dropped:
-            session.close()
