@@ -42,11 +42,9 @@ from subspace.backbone import Backbone, load_backbone  # noqa: E402
 from subspace.data import load_image, load_mask  # noqa: E402
 from subspace.dataset import list_test, list_train  # noqa: E402
 from subspace.detector import Config, Detector  # noqa: E402
-from subspace.evaluation import draw, subset_indices  # noqa: E402
-from subspace.metrics import image_auroc, pixel_metrics  # noqa: E402
+from subspace.evaluation import Kept, draw, scorer_metrics, subset_indices  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("sgfr", "knn")
 METRICS = ("pixel_auroc", "pro", "pixel_ap", "image_auroc")
 HEADS = {
     "pixel_auroc": "pixel AUROC",
@@ -112,22 +110,15 @@ def run_one(data: Path, k: int, seed: int, config: Config, features: Features, m
     t0 = time.perf_counter()
     det.fit_features([f for f, _ in refs], [s for _, s in refs], lambda *a: None)
     fit_s = time.perf_counter() - t0
-    kept, scores, labels, times = [], {m: [] for m in METHODS}, [], []
+    kept, times = [], []
     for s in tests:
         fmap, size = features(s.path)
         t0 = time.perf_counter()
         pred = det.predict_features(fmap, size)
         times.append(time.perf_counter() - t0)
-        mask = load_mask(s.mask_path, size=size)
-        kept.append(({m: getattr(pred, m).patch_scores for m in METHODS}, size, mask))
-        for m in METHODS:
-            scores[m].append(getattr(pred, m).score)
-        labels.append(int(s.defect != "good"))
+        kept.append(Kept.of(pred, load_mask(s.mask_path, size=size), s.defect))
     out = dict(fit_s=fit_s, predict_ms=1000 * float(np.median(times)), n_test=len(tests))
-    for m in METHODS:  # the metrics draw each map twice, one at a time
-        maps = lambda m=m: ((det.heatmap(p[m], size), mask) for p, size, mask in kept)  # noqa: E731
-        out[m] = pixel_metrics(maps) | {"image_auroc": image_auroc(scores[m], labels)}
-    return out
+    return out | scorer_metrics(det, kept)
 
 
 def run_grid(args, config: Config) -> dict:

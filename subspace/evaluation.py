@@ -84,20 +84,50 @@ def subset_indices(n: int, max_test: int | None) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(SUBSET_SEED).choice(n, max_test, False))
 
 
-class _Kept(NamedTuple):
-    """What a predicted test image leaves for the metrics: both scorers' patch scores, its size
-    (W, H) and its mask as packed bits (None: no anomalous pixel). Its maps are drawn again
-    from these (``Detector.heatmap``) when the metrics need them."""
+class Kept(NamedTuple):
+    """What a predicted test image leaves for the metrics: both scorers' patch scores and image
+    scores, its size (W, H), its label (1: defective) and its mask as packed bits (None: no
+    anomalous pixel). Its maps are drawn again from these (``Detector.heatmap``) when the
+    metrics need them."""
 
     patches: dict[str, np.ndarray]
+    scores: dict[str, float]
     size: tuple[int, int]
+    label: int
     mask: np.ndarray | None
+
+    @classmethod
+    def of(cls, pred, mask: np.ndarray, defect: str) -> Kept:
+        """What to keep of prediction ``pred`` of a test image of class ``defect``."""
+        patches = {m: getattr(pred, m).patch_scores.copy() for m in METHODS}
+        scores = {m: getattr(pred, m).score for m in METHODS}
+        packed = np.packbits(mask) if mask.any() else None
+        return cls(patches, scores, pred.size, int(defect != "good"), packed)
 
     def unpacked_mask(self) -> np.ndarray:
         w, h = self.size
         if self.mask is None:
             return np.zeros((h, w), dtype=bool)
         return np.unpackbits(self.mask, count=h * w).view(bool).reshape(h, w)
+
+
+def scorer_metrics(
+    det: Detector, kept: Sequence[Kept], update: Callable[[], object] = lambda: None
+) -> dict[str, dict]:
+    """Both scorers' four metrics from what the predictions kept; ``update`` after each map
+    drawn (each map is drawn twice per scorer, one at a time)."""
+
+    def pairs(method: str):
+        for k in kept:
+            yield det.heatmap(k.patches[method], k.size), k.unpacked_mask()
+            update()
+
+    labels = [k.label for k in kept]
+    return {
+        m: pixel_metrics(lambda m=m: pairs(m))
+        | {"image_auroc": image_auroc([k.scores[m] for k in kept], labels)}
+        for m in METHODS
+    }
 
 
 def _score_tests(det: Detector, tests: list, skipped: dict, desc: str, quiet: bool) -> dict:
@@ -107,9 +137,8 @@ def _score_tests(det: Detector, tests: list, skipped: dict, desc: str, quiet: bo
     the maps again, twice per scorer (:func:`subspace.metrics.pixel_metrics`), so memory holds
     one map at a time plus the anomalous pixels, never the maps of the whole test set.
     """
-    kept: list[_Kept] = []
-    scores: dict = {m: [] for m in METHODS}
-    labels, times = [], []
+    kept: list[Kept] = []
+    times = []
     bar = tqdm(tests, f"{desc}: predict", unit="img", file=sys.stderr, disable=quiet, leave=False)
     for s in bar:
         try:
@@ -123,12 +152,8 @@ def _score_tests(det: Detector, tests: list, skipped: dict, desc: str, quiet: bo
         t0 = time.perf_counter()
         pred = det.predict(image)
         times.append(time.perf_counter() - t0)
-        patches = {m: getattr(pred, m).patch_scores.copy() for m in METHODS}
-        kept.append(_Kept(patches, image.size, np.packbits(mask) if mask.any() else None))
-        for m in METHODS:
-            scores[m].append(getattr(pred, m).score)
-        labels.append(int(s.defect != "good"))
-    if not labels:
+        kept.append(Kept.of(pred, mask, s.defect))
+    if not kept:
         raise UsageError(f"none of the {len(tests)} test images could be read")
     bar = tqdm(  # two passes per scorer
         total=2 * len(METHODS) * len(kept),
@@ -138,18 +163,9 @@ def _score_tests(det: Detector, tests: list, skipped: dict, desc: str, quiet: bo
         disable=quiet,
         leave=False,
     )
-
-    def pairs(method: str):
-        for k in kept:
-            yield det.heatmap(k.patches[method], k.size), k.unpacked_mask()
-            bar.update()
-
-    metrics = {}
     with bar:
-        for m in METHODS:
-            pixel = pixel_metrics(lambda m=m: pairs(m))
-            metrics[m] = pixel | {"image_auroc": image_auroc(scores[m], labels)}
-    return dict(metrics=metrics, n_test=len(labels), times=times)
+        metrics = scorer_metrics(det, kept, bar.update)
+    return dict(metrics=metrics, n_test=len(kept), times=times)
 
 
 def _mean(rows: list[dict], key: str) -> float:
